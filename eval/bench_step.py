@@ -1,0 +1,130 @@
+"""Step time and optimizer memory of learned optimizers against ``optax.adam``.
+
+Step time: ``num_steps`` training steps (batch sampling, forward, backward,
+optimizer update) in one ``lax.scan`` under one ``jit``, timed after a warm-up
+compile; each optimizer is timed ``repeats`` times, interleaved with the others
+so that load from other processes hits all of them alike, and the minimum is
+kept. Reported as milliseconds per step and as the ratio to Adam measured in
+the same process -- ratios are what survive a noisy, shared machine.
+
+Memory: bytes of optimizer state per parameter, from ``jax.eval_shape`` of
+``tx.init`` (exact, allocates nothing), against Adam's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tasks.base import Task
+
+REFERENCE_MODELS = ("mlp_digits", "cnn_digits", "char_lm")
+
+
+def scanned_training(task: Task, tx: optax.GradientTransformation, num_steps: int) -> Callable:
+    """jit(fn(data, key) -> final loss) running ``num_steps`` steps of ``tx`` in one scan.
+
+    Only the step is measured (no validation, unlike ``train_task``), so the
+    ratio to Adam is the ratio of step costs.
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def run(data, key):
+        k_init, k_batch = jax.random.split(key)
+        params = task.init(k_init)
+        state = tx.init(params)
+
+        def step(carry, t):
+            params, state = carry
+            batch = task.sample_batch(data, jax.random.fold_in(k_batch, t))
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            updates, state = tx.update(grads, state, params, value=loss)
+            return (optax.apply_updates(params, updates), state), loss
+
+        _, losses = jax.lax.scan(step, (params, state), jnp.arange(num_steps, dtype=jnp.int32))
+        return losses[-1]
+
+    return jax.jit(run)
+
+
+def learned_txs(num_steps: int, architectures: list[str] | None = None) -> dict[str, optax.GradientTransformation]:
+    """Each architecture at its default hyperparameters and fresh meta-parameters, exported through optax.
+
+    Fresh weights cost the same as trained ones: step time depends on the
+    architecture, not on the values of its meta-parameters.
+    """
+    from lopt import architectures as archs
+    from lopt.optax_export import as_optax
+
+    out = {}
+    for name in architectures or archs.names():
+        arch = archs.get(name)
+        out[name] = as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), num_steps)
+    return out
+
+
+def time_step(
+    task: Task, txs: dict[str, optax.GradientTransformation], num_steps: int, repeats: int
+) -> dict[str, float]:
+    """Best-of-``repeats`` milliseconds per step of each tx, interleaved, on ``task``."""
+    data = task.load_data()
+    key = jax.random.PRNGKey(0)
+    fns = {name: scanned_training(task, tx, num_steps) for name, tx in txs.items()}
+    for fn in fns.values():  # compile and warm up
+        jax.block_until_ready(fn(data, key))
+    best = {name: np.inf for name in fns}
+    for r in range(repeats):
+        order = list(fns) if r % 2 == 0 else list(reversed(fns))
+        for name in order:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[name](data, key))
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: 1e3 * t / num_steps for name, t in best.items()}
+
+
+def state_bytes_per_param(task: Task, tx: optax.GradientTransformation) -> float:
+    """Bytes of ``tx.init(params)`` divided by the number of parameters (no allocation)."""
+    params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    state = jax.eval_shape(tx.init, params)
+    nbytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    return nbytes / task.num_params()
+
+
+def bench_step_time(models: list[str], num_steps: int, repeats: int, architectures: list[str] | None = None) -> dict[str, Any]:
+    from tasks.registry import get_task
+
+    txs = {"adam": optax.adam(1e-3), **learned_txs(num_steps, architectures)}
+    out: dict[str, Any] = {"num_steps": num_steps, "repeats": repeats, "models": {}}
+    for model in models:
+        task = get_task(model)
+        ms = time_step(task, txs, num_steps, repeats)
+        out["models"][model] = {
+            "num_params": task.num_params(),
+            "adam_ms_per_step": ms["adam"],
+            "learned": {n: {"ms_per_step": ms[n], "ratio_to_adam": ms[n] / ms["adam"]} for n in txs if n != "adam"},
+        }
+    return out
+
+
+def bench_memory(models: list[str], architectures: list[str] | None = None) -> dict[str, Any]:
+    from tasks.registry import get_task
+
+    txs = learned_txs(1000, architectures)
+    out: dict[str, Any] = {}
+    for model in models:
+        task = get_task(model)
+        adam = state_bytes_per_param(task, optax.adam(1e-3))
+        out[model] = {
+            "num_params": task.num_params(),
+            "adam_bytes_per_param": adam,
+            "learned": {
+                n: {"bytes_per_param": b, "ratio_to_adam": b / adam}
+                for n, b in ((n, state_bytes_per_param(task, tx)) for n, tx in txs.items())
+            },
+        }
+    return out

@@ -1,0 +1,43 @@
+"""Compare a learned optimizer with Adam (default and tuned) on a suite of tasks.
+
+``lopt eval --optimizer PATH|NAME --suite NAME|PATH [--out DIR]`` trains every
+task of the suite with the learned optimizer, Adam(1e-3), Adam with a learning
+rate tuned per task on a separate seed, and any extra optax baselines of the
+suite, then writes ``report.json``, ``report.md`` and PNG plots to ``--out``
+(default ``runs/eval/<suite>``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--optimizer", required=True, help="saved optimizer file, or a pretrained name")
+    parser.add_argument("--suite", default="smoke", help="suite name in configs/eval/ or a YAML path (default: smoke)")
+    parser.add_argument("--out", default=None, help="output directory (default: runs/eval/<suite>)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of reporting seeds (default: the suite's)")
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every task's steps by this (e.g. 0.1 for a quick look)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from eval.evaluate import evaluate_suite
+    from eval.optimizers import resolve_optimizer
+    from eval.report import outcome_lines, summary_table, write_report
+    from eval.suite import load_suite
+
+    suite = load_suite(args.suite)  # validate cheap inputs before loading anything heavy
+    name, opt, source = resolve_optimizer(args.optimizer)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / suite.name
+    report = evaluate_suite({name: opt}, suite, seeds=args.seeds, steps_scale=args.steps_scale,
+                            progress=not args.quiet, sources={name: source})
+    paths = write_report(report, out, plots=not args.no_plots)
+    print(summary_table(report))
+    print("\n".join(outcome_lines(report)))
+    print(f"\nwrote {paths['json']}, {paths['md']}" + ("" if args.no_plots else f" and plots in {out}"))
+    return 0

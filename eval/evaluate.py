@@ -1,0 +1,263 @@
+"""The evaluation protocol: learned optimizers against Adam on every task of a suite.
+
+Per task, with reporting seeds ``1..N`` and tuning seed ``0`` (disjoint, so the
+tuned learning rate is never scored on the seed that chose it):
+
+1. each learned optimizer, exported through optax with the planned horizon,
+   trains on every reporting seed (one compile, vmapped over seeds);
+2. Adam's learning rate is tuned: every value of the suite's log grid (which
+   always contains the default 1e-3) trains on the tuning seed in one vmapped
+   call; the value with the lowest final training loss wins (first on ties);
+3. Adam at the default rate and Adam at the tuned rate train on every
+   reporting seed (for short runs the same compiled program as step 2);
+4. extra optax baselines from the suite train on every reporting seed.
+
+Every run of a task uses the same keys, hence the same initial parameters and
+the same batches. The numbers derived from the curves are defined in
+:mod:`eval.metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Mapping, Protocol
+
+import jax
+import numpy as np
+import optax
+
+from eval import metrics, report as report_mod
+from eval.errors import EvalError
+from eval.runs import AdamRunner, Curves, run_optimizer
+from eval.suite import BaselineSpec, Suite, TaskSpec
+from tasks.base import Task
+
+TUNING_SEED = 0
+# Adam runs of fewer steps than this share one compiled program (grid search and
+# reporting runs padded to one width): on CPU a compile costs seconds, short runs less.
+SHARED_ADAM_COMPILE_BELOW = 4000
+ADAM_DEFAULT = "adam_default"
+ADAM_TUNED = "adam_tuned"
+
+DEFINITIONS = {
+    "final train loss": "mean minibatch training loss over the last eval_every steps, averaged over reported seeds; "
+    "a diverged run counts as +inf (shown as 'diverged', null in JSON)",
+    "valid loss / accuracy": "measured at the last step on 4 validation batches, mean over seeds",
+    "tuned Adam": "Adam with the learning rate of the log grid that gives the lowest final train loss on the "
+    "tuning seed (0); reported on the other seeds",
+    "speedup": "S/T where T is the learned optimizer's steps and S the first step at which tuned Adam's seed-mean "
+    "train loss curve reaches the learned optimizer's final train loss; tuned Adam runs speedup_horizon*T steps; "
+    "if never reached the speedup is censored at speedup_horizon (shown '>x'); none if the learned one diverged",
+    "win/tie/loss": "final train losses a (learned) vs b (baseline): tie if |a-b| <= tie_rtol*max(|a|,|b|) + "
+    "tie_atol*loss_scale, else win if a<b, loss if a>b; a diverged side is +inf",
+    "divergence": "a run whose train loss curve is non-finite or exceeds divergence_factor x its initial loss",
+}
+
+
+class ExportsOptax(Protocol):
+    def as_optax(self, num_steps: int) -> optax.GradientTransformationExtraArgs: ...
+
+
+def build_task(spec: TaskSpec) -> Task:
+    """The registered task of ``spec`` with its field overrides applied (errors name the bad field)."""
+    from tasks.registry import get_task
+
+    task = get_task(spec.task)
+    if not spec.overrides:
+        return task
+    fields = {f.name for f in dataclasses.fields(task)}
+    for k, _ in spec.overrides:
+        if k not in fields:
+            raise EvalError(f"task {spec.display!r}: unknown override {k!r}; fields of {spec.task}: {', '.join(sorted(fields))}")
+    try:
+        return dataclasses.replace(task, **dict(spec.overrides))
+    except (TypeError, ValueError) as err:
+        raise EvalError(f"task {spec.display!r}: bad overrides ({err})") from None
+
+
+def scaled_steps(steps: int, scale: float, eval_every: int) -> tuple[int, int]:
+    """(steps, eval_every) after ``--steps-scale``: steps a positive multiple of eval_every."""
+    every = min(eval_every, max(1, int(round(steps * scale))))
+    n = max(1, int(round(steps * scale / every))) * every
+    return n, every
+
+
+def make_baseline(spec: BaselineSpec) -> optax.GradientTransformation:
+    try:
+        return getattr(optax, spec.optax_name)(**dict(spec.kwargs))
+    except TypeError as err:
+        raise EvalError(f"baseline {spec.name!r}: bad kwargs for optax.{spec.optax_name} ({err})") from None
+
+
+def summarize_runs(curves: Curves, divergence_factor: float) -> dict[str, Any]:
+    """Final numbers (means over seeds, divergences as inf) and the curves of one optimizer on one task."""
+    div = metrics.diverged_runs(curves.train_loss, divergence_factor)
+    train = metrics.final_values(curves.train_loss, div)
+    valid = metrics.final_values(curves.valid_loss, div)
+    entry = {
+        "final_train_loss": metrics.seed_mean(train),
+        "final_train_loss_per_seed": train.tolist(),
+        "final_valid_loss": metrics.seed_mean(valid),
+        "final_valid_loss_per_seed": valid.tolist(),
+        "final_valid_accuracy": None,
+        "diverged": int(div.sum()),
+        "curve": {"train_loss": curves.train_loss.tolist(), "valid_loss": curves.valid_loss.tolist()},
+    }
+    if curves.valid_accuracy is not None:
+        acc = curves.valid_accuracy[:, -1][~div]  # accuracy of the runs that did not diverge
+        entry["final_valid_accuracy"] = float(np.mean(acc)) if acc.size else None
+        entry["curve"]["valid_accuracy"] = curves.valid_accuracy.tolist()
+    return entry
+
+
+def tune_adam(runner: AdamRunner, data: Any, grid: tuple[float, ...], num_steps: int, default_lr: float, factor: float):
+    """Grid search on the tuning seed; returns (chosen lr, record for the report)."""
+    curves = runner(data, list(grid), [TUNING_SEED] * len(grid)).upto(num_steps)
+    div = metrics.diverged_runs(curves.train_loss, factor)
+    scores = metrics.final_values(curves.train_loss, div)
+    best = int(np.argmin(scores))  # first minimum on ties
+    default_idx = int(np.argmin([abs(math.log(g) - math.log(default_lr)) for g in grid]))
+    record = {
+        "seed": TUNING_SEED,
+        "lr_grid": list(grid),
+        "scores": scores.tolist(),
+        "chosen_lr": float(grid[best]),
+        "chosen_score": float(scores[best]),
+        "default_lr_score": float(scores[default_idx]),
+    }
+    return float(grid[best]), record
+
+
+def evaluate_task(
+    spec: TaskSpec,
+    learned: Mapping[str, ExportsOptax],
+    suite: Suite,
+    report_seeds: list[int],
+    steps_scale: float = 1.0,
+    tick: Any = None,
+) -> dict[str, Any]:
+    """Every optimizer of the protocol on one task; returns the task's report entry."""
+    tick = tick or (lambda *_: None)
+    task = build_task(spec)
+    data = task.load_data()
+    num_steps, every = scaled_steps(spec.steps, steps_scale, spec.eval_every or suite.eval_every)
+    factor, opts, timing = suite.divergence_factor, {}, {}
+    curves_by: dict[str, Curves] = {}
+
+    for name, opt in learned.items():
+        t0 = time.perf_counter()
+        curves_by[name] = run_optimizer(task, data, opt.as_optax(num_steps), report_seeds, num_steps, every)
+        timing[name] = time.perf_counter() - t0
+        tick(f"{spec.display}: {name}")
+
+    t0 = time.perf_counter()
+    long_steps = int(math.ceil(suite.speedup_horizon * num_steps / every)) * every
+    r, g = len(report_seeds), len(suite.lr_grid)
+    if long_steps < SHARED_ADAM_COMPILE_BELOW:  # short: padding costs less than a second compile
+        tuner = reporter = AdamRunner(task, long_steps, every, width=max(g, 2 * r))
+    else:  # long: exactly sized programs, tuning only as long as the learned optimizer runs
+        tuner, reporter = AdamRunner(task, num_steps, every, width=g), AdamRunner(task, long_steps, every, width=2 * r)
+    lr, tuning = tune_adam(tuner, data, suite.lr_grid, num_steps, suite.default_lr, factor)
+    tick(f"{spec.display}: tune adam")
+    both = reporter(data, [suite.default_lr] * r + [lr] * r, report_seeds * 2)
+    adam_long = both.take_runs(slice(r, 2 * r))
+    curves_by[ADAM_DEFAULT] = both.take_runs(slice(0, r)).upto(num_steps)
+    curves_by[ADAM_TUNED] = adam_long.upto(num_steps)
+    timing["adam (tuning + reporting)"] = time.perf_counter() - t0
+    tick(f"{spec.display}: adam")
+
+    for b in suite.baselines:
+        t0 = time.perf_counter()
+        curves_by[b.name] = run_optimizer(task, data, make_baseline(b), report_seeds, num_steps, every)
+        timing[b.name] = time.perf_counter() - t0
+        tick(f"{spec.display}: {b.name}")
+
+    for name, c in curves_by.items():
+        opts[name] = summarize_runs(c, factor)
+    opts[ADAM_DEFAULT]["lr"] = suite.default_lr
+    opts[ADAM_TUNED]["lr"] = lr
+
+    baselines = [ADAM_DEFAULT, ADAM_TUNED] + [b.name for b in suite.baselines]
+    atol = suite.tie_atol * float(task.loss_scale)
+    adam_mean = np.mean(np.where(np.isfinite(adam_long.train_loss), adam_long.train_loss, np.inf), axis=0)
+    speedups, outcomes = {}, {}
+    for name in learned:
+        a = opts[name]["final_train_loss"]
+        speedups[name] = metrics.speedup(a, adam_long.steps, adam_mean, num_steps, suite.speedup_horizon)
+        outcomes[name] = {b: metrics.compare(a, opts[b]["final_train_loss"], suite.tie_rtol, atol) for b in baselines}
+    return {
+        "label": spec.display,
+        "task": spec.task,
+        "task_name": task.name,
+        "description": task.describe(),
+        "overrides": dict(spec.overrides),
+        "num_params": task.num_params(),
+        "loss_scale": float(task.loss_scale),
+        "steps": num_steps,
+        "eval_every": every,
+        "curve_steps": curves_by[ADAM_DEFAULT].steps.tolist(),
+        "tuning": tuning,
+        "optimizers": opts,
+        "speedup": speedups,
+        "outcomes": outcomes,
+        "wall_time_s": timing,
+    }
+
+
+def evaluate_suite(
+    learned: Mapping[str, ExportsOptax],
+    suite: Suite,
+    seeds: int | None = None,
+    steps_scale: float = 1.0,
+    progress: bool = True,
+    sources: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the protocol on every task of ``suite``; returns the report dict (see :mod:`eval.report`)."""
+    if not learned:
+        raise EvalError("no learned optimizer to evaluate")
+    reserved = {ADAM_DEFAULT, ADAM_TUNED} | {b.name for b in suite.baselines}
+    clash = sorted(set(learned) & reserved)
+    if clash:
+        raise EvalError(f"learned optimizer name {clash[0]!r} clashes with a baseline name")
+    if steps_scale <= 0:
+        raise EvalError(f"steps scale must be > 0, got {steps_scale}")
+    num_seeds = suite.seeds if seeds is None else int(seeds)
+    if num_seeds < 1:
+        raise EvalError(f"need at least 1 reporting seed, got {num_seeds}")
+    report_seeds = list(range(TUNING_SEED + 1, TUNING_SEED + 1 + num_seeds))
+    units = len(suite.tasks) * (len(learned) + 2 + len(suite.baselines))
+    start = time.perf_counter()
+    with _progress(units, progress) as bar:
+
+        def tick(msg: str) -> None:
+            bar.set_description(msg[:60])
+            bar.update(1)
+
+        tasks = [evaluate_task(spec, learned, suite, report_seeds, steps_scale, tick) for spec in suite.tasks]
+    dev = jax.devices()[0]
+    report = {
+        "suite": suite.to_dict(),
+        "learned": list(learned),
+        "baselines": [ADAM_DEFAULT, ADAM_TUNED] + [b.name for b in suite.baselines],
+        "sources": {n: (sources or {}).get(n, n) for n in learned},
+        "protocol": {
+            "tuning_seed": TUNING_SEED,
+            "report_seeds": report_seeds,
+            "steps_scale": steps_scale,
+            "definitions": DEFINITIONS,
+        },
+        "tasks": tasks,
+        "wall_time_s": time.perf_counter() - start,
+        "device": f"{dev.platform} ({getattr(dev, 'device_kind', '?')}, {jax.device_count()} device(s))",
+        "versions": {"jax": jax.__version__, "optax": optax.__version__},
+    }
+    report["summary"] = report_mod.summarize(report)
+    return report
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="run", leave=False)

@@ -1,0 +1,278 @@
+"""Evaluation suites: which tasks, how long, against which baselines.
+
+A suite is a YAML file in ``configs/eval/`` (or any path). It is parsed with
+``yaml.safe_load`` into frozen dataclasses and validated strictly: an unknown
+key is an error that names it, because a silently ignored typo (``step:`` for
+``steps:``) would make a benchmark quietly measure something else.
+
+Schema (every top-level key but ``tasks`` is optional)::
+
+    name: smoke
+    description: one line
+    seeds: 2                  # reporting seeds (the tuning seed is extra)
+    eval_every: 10            # steps between two points of a loss curve
+    default_lr: 1.0e-3        # the "Adam(1e-3)" baseline
+    lr_grid: {min: 1.0e-4, max: 1.0e-1, num: 10}   # log grid for tuned Adam
+    speedup_horizon: 2.0      # tuned Adam runs this many x the steps (speedup range)
+    tie_rtol: 0.02            # relative tolerance of a tie (see eval.metrics)
+    tie_atol: 1.0e-4          # absolute tolerance, in units of the task's loss_scale
+    divergence_factor: 10.0   # a run whose loss exceeds this x its initial loss diverged
+    baselines:                # extra optax optimizers, fixed hyperparameters
+      - {name: sgd_momentum, optax: sgd, kwargs: {learning_rate: 0.1, momentum: 0.9}}
+    tasks:
+      - {task: mlp_digits, steps: 300}
+      - {task: quadratic_10, steps: 200, label: quad_long, overrides: {condition: 100.0}}
+
+``overrides`` replace fields of the registered task's frozen dataclass (a
+width, a depth, a batch size), which is how a suite reaches architectures and
+widths no registered name spells out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from eval.errors import EvalError
+
+SUITE_DIR = Path(__file__).resolve().parent.parent / "configs" / "eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite: a registered name, a step budget, optional field overrides."""
+
+    task: str
+    steps: int
+    label: str = ""
+    overrides: tuple[tuple[str, Any], ...] = ()
+    eval_every: int | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.task
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSpec:
+    """An extra optax optimizer: ``getattr(optax, optax_name)(**kwargs)``."""
+
+    name: str
+    optax_name: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    description: str = ""
+    seeds: int = 2
+    eval_every: int = 10
+    default_lr: float = 1e-3
+    lr_grid: tuple[float, ...] = ()
+    speedup_horizon: float = 2.0
+    tie_rtol: float = 0.02
+    tie_atol: float = 1e-4
+    divergence_factor: float = 10.0
+    baselines: tuple[BaselineSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description, stored in every report so results say what produced them."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seeds": self.seeds,
+            "eval_every": self.eval_every,
+            "default_lr": self.default_lr,
+            "lr_grid": list(self.lr_grid),
+            "speedup_horizon": self.speedup_horizon,
+            "tie_rtol": self.tie_rtol,
+            "tie_atol": self.tie_atol,
+            "divergence_factor": self.divergence_factor,
+            "baselines": [{"name": b.name, "optax": b.optax_name, "kwargs": dict(b.kwargs)} for b in self.baselines],
+            "tasks": [
+                {"task": t.task, "steps": t.steps, "label": t.display, "overrides": dict(t.overrides)}
+                for t in self.tasks
+            ],
+        }
+
+
+_TOP_KEYS = {
+    "name", "description", "seeds", "eval_every", "default_lr", "lr_grid", "speedup_horizon",
+    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks",
+}
+_TASK_KEYS = {"task", "steps", "label", "overrides", "eval_every"}
+_BASELINE_KEYS = {"name", "optax", "kwargs"}
+_GRID_KEYS = {"min", "max", "num"}
+_DEFAULT_GRID = {"min": 1e-4, "max": 1e-1, "num": 10}
+MIN_GRID_POINTS = 8
+
+
+def suite_names() -> list[str]:
+    """Names of the suites shipped in ``configs/eval/``."""
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A suite by shipped name (``smoke``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        candidate = SUITE_DIR / f"{name_or_path}.yaml"
+        if not candidate.exists():
+            if path.suffix in (".yaml", ".yml"):
+                raise EvalError(f"suite file not found: {name_or_path}")
+            raise EvalError(f"unknown suite {str(name_or_path)!r}; valid suites: {', '.join(suite_names())}")
+        path = candidate
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise EvalError(f"suite {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_suite(raw, default_name=path.stem, where=str(path))
+
+
+def parse_suite(raw: Any, default_name: str = "suite", where: str = "suite") -> Suite:
+    """Validate a parsed YAML mapping into a :class:`Suite` (errors name the bad key)."""
+    if not isinstance(raw, Mapping):
+        raise EvalError(f"{where}: expected a mapping at top level, got {type(raw).__name__}")
+    _check_keys(raw, _TOP_KEYS, where)
+    if "tasks" not in raw or not raw["tasks"]:
+        raise EvalError(f"{where}: key 'tasks' is missing or empty")
+    if not isinstance(raw["tasks"], list):
+        raise EvalError(f"{where}: key 'tasks' must be a list")
+    tasks = tuple(_parse_task(t, f"{where}: tasks[{i}]") for i, t in enumerate(raw["tasks"]))
+    labels = [t.display for t in tasks]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise EvalError(f"{where}: duplicate task labels {dupes}; give each a distinct 'label'")
+    baselines_raw = raw.get("baselines") or []
+    if not isinstance(baselines_raw, list):
+        raise EvalError(f"{where}: key 'baselines' must be a list")
+    baselines = tuple(_parse_baseline(b, f"{where}: baselines[{i}]") for i, b in enumerate(baselines_raw))
+    default_lr = _positive(raw.get("default_lr", 1e-3), "default_lr", where)
+    suite = Suite(
+        name=str(raw.get("name", default_name)),
+        description=str(raw.get("description", "")),
+        tasks=tasks,
+        seeds=_positive_int(raw.get("seeds", 2), "seeds", where),
+        eval_every=_positive_int(raw.get("eval_every", 10), "eval_every", where),
+        default_lr=default_lr,
+        lr_grid=_parse_grid(raw.get("lr_grid", _DEFAULT_GRID), default_lr, where),
+        speedup_horizon=_positive(raw.get("speedup_horizon", 2.0), "speedup_horizon", where),
+        tie_rtol=_nonneg(raw.get("tie_rtol", 0.02), "tie_rtol", where),
+        tie_atol=_nonneg(raw.get("tie_atol", 1e-4), "tie_atol", where),
+        divergence_factor=_positive(raw.get("divergence_factor", 10.0), "divergence_factor", where),
+        baselines=baselines,
+    )
+    if suite.speedup_horizon < 1.0:
+        raise EvalError(f"{where}: key 'speedup_horizon' must be >= 1, got {suite.speedup_horizon}")
+    return suite
+
+
+def _parse_task(raw: Any, where: str) -> TaskSpec:
+    if isinstance(raw, str):
+        raise EvalError(f"{where}: expected a mapping like {{task: {raw}, steps: 100}}, got a bare name")
+    if not isinstance(raw, Mapping):
+        raise EvalError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    _check_keys(raw, _TASK_KEYS, where)
+    for key in ("task", "steps"):
+        if key not in raw:
+            raise EvalError(f"{where}: key {key!r} is missing")
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise EvalError(f"{where}: key 'overrides' must be a mapping of task fields")
+    every = raw.get("eval_every")
+    return TaskSpec(
+        task=str(raw["task"]),
+        steps=_positive_int(raw["steps"], "steps", where),
+        label=str(raw.get("label", "")),
+        overrides=tuple(sorted((str(k), _freeze(v)) for k, v in overrides.items())),
+        eval_every=None if every is None else _positive_int(every, "eval_every", where),
+    )
+
+
+def _parse_baseline(raw: Any, where: str) -> BaselineSpec:
+    if not isinstance(raw, Mapping):
+        raise EvalError(f"{where}: expected a mapping with keys name, optax, kwargs")
+    _check_keys(raw, _BASELINE_KEYS, where)
+    if "optax" not in raw:
+        raise EvalError(f"{where}: key 'optax' is missing (an optax function name, e.g. sgd)")
+    import optax  # local: suite parsing should not need jax unless baselines are used
+
+    fn_name = str(raw["optax"])
+    if not callable(getattr(optax, fn_name, None)):
+        raise EvalError(f"{where}: optax has no optimizer {fn_name!r}")
+    kwargs = raw.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise EvalError(f"{where}: key 'kwargs' must be a mapping")
+    reserved = {"learned", "adam_default", "adam_tuned"}
+    name = str(raw.get("name", fn_name))
+    if name in reserved:
+        raise EvalError(f"{where}: baseline name {name!r} is reserved")
+    return BaselineSpec(name=name, optax_name=fn_name, kwargs=tuple(sorted((str(k), _freeze(v)) for k, v in kwargs.items())))
+
+
+def _parse_grid(raw: Any, default_lr: float, where: str) -> tuple[float, ...]:
+    """A log grid; the default learning rate is always added so tuned Adam can never lose to it."""
+    if isinstance(raw, list):
+        values = [_positive(v, "lr_grid", where) for v in raw]
+    elif isinstance(raw, Mapping):
+        _check_keys(raw, _GRID_KEYS, f"{where}: lr_grid")
+        lo = _positive(raw.get("min", _DEFAULT_GRID["min"]), "lr_grid.min", where)
+        hi = _positive(raw.get("max", _DEFAULT_GRID["max"]), "lr_grid.max", where)
+        num = _positive_int(raw.get("num", _DEFAULT_GRID["num"]), "lr_grid.num", where)
+        if hi <= lo:
+            raise EvalError(f"{where}: key 'lr_grid.max' must exceed 'lr_grid.min'")
+        values = [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / max(num - 1, 1)) for i in range(num)]
+    else:
+        raise EvalError(f"{where}: key 'lr_grid' must be a list or {{min, max, num}}")
+    values = [float(f"{v:.6g}") for v in values]
+    if not any(math.isclose(v, default_lr, rel_tol=1e-6) for v in values):
+        values.append(default_lr)
+    values = sorted(set(values))
+    if len(values) < MIN_GRID_POINTS:
+        raise EvalError(f"{where}: key 'lr_grid' needs at least {MIN_GRID_POINTS} values, got {len(values)}")
+    return tuple(values)
+
+
+def _check_keys(raw: Mapping, allowed: set[str], where: str) -> None:
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise EvalError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _positive_int(v: Any, key: str, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise EvalError(f"{where}: key {key!r} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _number(v: Any, key: str, where: str) -> float:
+    if isinstance(v, bool):
+        raise EvalError(f"{where}: key {key!r} must be a number, got {v!r}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise EvalError(f"{where}: key {key!r} must be a number, got {v!r}") from None
+
+
+def _positive(v: Any, key: str, where: str) -> float:
+    x = _number(v, key, where)
+    if not x > 0 or not math.isfinite(x):
+        raise EvalError(f"{where}: key {key!r} must be a positive number, got {v!r}")
+    return x
+
+
+def _nonneg(v: Any, key: str, where: str) -> float:
+    x = _number(v, key, where)
+    if x < 0 or not math.isfinite(x):
+        raise EvalError(f"{where}: key {key!r} must be >= 0, got {v!r}")
+    return x

@@ -1,0 +1,61 @@
+"""The ``lopt`` command line: parses arguments and hands off to the packages.
+
+Each subcommand lives in the package that does the work and exposes two
+functions, ``add_arguments(parser)`` and ``main(args) -> int``. They are
+imported lazily so that ``lopt`` itself depends only on jax and optax, and a
+user who only deploys an optimizer never imports the meta-training code.
+
+Errors that come from bad input (unknown names, malformed configs, broken
+files) are printed as one line, ``lopt: error: ...``, with exit status 2.
+Set ``LOPT_DEBUG=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tasks": ("tasks.cli", "list registered tasks and task families"),
+    "train": ("metatrain.cli", "meta-train a learned optimizer from a YAML config"),
+    "eval": ("eval.cli_eval", "compare a learned optimizer with Adam on a suite of tasks"),
+    "bench": ("eval.cli_bench", "measure step time, meta-training throughput and memory"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="lopt", description="Meta-train and use learned optimizers.")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    modules: dict[str, object] = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(sp)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(modules[args.command].main(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as err:  # bad input, not a bug
+        if os.environ.get("LOPT_DEBUG"):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"lopt: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

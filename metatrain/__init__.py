@@ -1,0 +1,38 @@
+"""Meta-training of learned optimizers: unroll engine, gradient estimators, training loop.
+
+The public entry points are :func:`train` (config + output directory ->
+``lopt.TrainedOptimizer``) and :func:`load_config`; the pure pieces live in
+:mod:`metatrain.unroll` (vmapped inner trainings), :mod:`metatrain.estimators`
+(ES, PES, full ES, backprop) and :mod:`metatrain.inner_loop` (train one task
+with any optax optimizer). Imports are lazy so that ``metatrain.inner_loop``
+can be used without loading the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def train(config: Any, out_dir: Any, progress: bool | None = None) -> Any:
+    """Meta-train per ``config`` (a TrainConfig or a YAML path) into ``out_dir``.
+
+    Returns the ``lopt.TrainedOptimizer`` also written to ``out_dir/optimizer.safetensors``;
+    see :func:`metatrain.trainer.train`.
+    """
+    from metatrain.config import TrainConfig
+    from metatrain.config import load_config as _load
+    from metatrain.trainer import train as _train
+
+    if not isinstance(config, TrainConfig):
+        config = _load(config)
+    return _train(config, out_dir, progress=progress)
+
+
+def load_config(path: Any = None, overrides: Any = ()) -> Any:
+    """Read a YAML training config (see :func:`metatrain.config.load_config`)."""
+    from metatrain.config import load_config as _load
+
+    return _load(path, overrides)
+
+
+__all__ = ["train", "load_config"]

@@ -1,0 +1,108 @@
+"""Turn a :class:`~metatrain.config.TrainConfig` into the engine's pure pieces.
+
+Kept apart from the training loop so tests, the throughput benchmark and the
+trainer all build exactly the same architecture, task groups, estimator and
+meta-optimizer from one config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from lopt import architectures
+from lopt.base import LearnedOptimizer
+from metatrain.config import ConfigError, MetaOptConfig, TaskSpec, TrainConfig
+from metatrain.estimators import ESTIMATORS
+from metatrain.unroll import Augmentation, EpisodeSchedule, Group, Unroller
+from tasks import registry
+from tasks.base import Task
+
+
+def resolve_tasks(spec: TaskSpec) -> list[Group]:
+    """A task name gives one group; a family name one group per static variant."""
+    if spec.name in registry.task_names():
+        return [Group(registry.get_task(spec.name), spec.num_tasks, spec.sample_hparams)]
+    if spec.name in registry.family_names():
+        family = registry.get_family(spec.name)
+        weights = family.normalized_weights()
+        return [
+            Group(task, max(1, round(w * spec.num_tasks)), spec.sample_hparams)
+            for task, w in zip(family.tasks, weights)
+        ]
+    valid = ", ".join(registry.task_names() + registry.family_names())
+    raise ConfigError(f"tasks: unknown task or family {spec.name!r}; valid names: {valid}")
+
+
+def resolve_task(name: str) -> Task:
+    if name not in registry.task_names():
+        raise ConfigError(f"validation.tasks: unknown task {name!r}; valid tasks: {', '.join(registry.task_names())}")
+    return registry.get_task(name)
+
+
+def build_arch(config: TrainConfig) -> LearnedOptimizer:
+    return architectures.get(config.optimizer.arch, **config.optimizer.hparams)
+
+
+def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) -> Unroller:
+    arch = build_arch(config) if arch is None else arch
+    groups = tuple(g for spec in config.tasks for g in resolve_tasks(spec))
+    u, e = config.unroll, config.estimator
+    schedule = EpisodeSchedule(u.episode, u.episode_length, u.min_episode_length, u.max_episode_length)
+    truncation, stagger = u.truncation_length, u.stagger
+    if e.kind == "full_es":  # whole episodes from a fresh start every outer step
+        schedule = EpisodeSchedule("constant", u.episode_length)
+        truncation, stagger = u.episode_length, False
+    return Unroller(
+        arch=arch,
+        groups=groups,
+        truncation_length=truncation,
+        schedule=schedule,
+        num_branches=1 if e.kind == "backprop" else 2,
+        meta_loss=e.meta_loss,
+        stagger=stagger,
+        augment=Augmentation(tuple(u.param_scale_range), tuple(u.loss_scale_range)),
+        loss_clip=u.loss_clip,
+    )
+
+
+def build_estimator(config: TrainConfig, unroller: Unroller | None = None) -> Any:
+    unroller = build_unroller(config) if unroller is None else unroller
+    e = config.estimator
+    cls = ESTIMATORS[e.kind]
+    if e.kind == "backprop":
+        return cls(unroller, nonfinite=e.nonfinite)
+    if e.kind == "full_es":
+        return cls(unroller, std=e.std, nonfinite=e.nonfinite, sign=e.sign)
+    return cls(unroller, std=e.std, nonfinite=e.nonfinite)
+
+
+def build_schedule(cfg: MetaOptConfig, num_steps: int) -> optax.Schedule:
+    lr, end = cfg.learning_rate, cfg.learning_rate * cfg.final_lr_fraction
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, max(1, num_steps), alpha=cfg.final_lr_fraction)
+    if cfg.schedule == "linear":
+        return optax.linear_schedule(lr, end, max(1, num_steps))
+    warmup = min(cfg.warmup_steps, max(0, num_steps - 1))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(warmup + 1, num_steps), end_value=end)
+
+
+def build_meta_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Optional global-norm clip, then any optax optimizer (by name) on a schedule."""
+    cfg = config.meta_opt
+    factory = getattr(optax, cfg.name, None)
+    if not callable(factory) or cfg.name.startswith("_"):
+        raise ConfigError(f"meta_opt.name: {cfg.name!r} is not an optax optimizer (e.g. adam, adamw, sgd, lion)")
+    try:
+        opt = factory(learning_rate=build_schedule(cfg, config.num_outer_steps), **cfg.kwargs)
+    except TypeError as err:
+        raise ConfigError(f"meta_opt: optax.{cfg.name} rejected its arguments: {err}") from None
+    if not isinstance(opt, optax.GradientTransformation):
+        raise ConfigError(f"meta_opt.name: optax.{cfg.name} did not return a gradient transformation")
+    if cfg.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+    return opt
+

@@ -1,0 +1,56 @@
+"""Meta-train a learned optimizer from a YAML config (resumes when DIR holds a checkpoint).
+
+    lopt train --config configs/train/smoke.yaml --out runs/smoke --set estimator.std=0.02
+
+Without ``--config`` the built-in defaults are used (the reference setting).
+Ctrl-C saves a checkpoint and exits; the same command resumes.
+
+The tasks are split over every visible device. ``--distributed`` joins a
+multi-host run (the same command on every host, see :mod:`metatrain.distributed`):
+
+    lopt train --config C --out DIR --distributed --coordinator HOST:PORT --num-processes 2 --process-id 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML training config (default: built-in defaults)")
+    parser.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics, optimizer)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set estimator.std=0.02 (repeatable; value parsed as YAML)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    dist = parser.add_argument_group("multi-host (all default to JAX_* environment variables or auto-detection)")
+    dist.add_argument("--distributed", action="store_true", help="join a multi-process run (jax.distributed)")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    dist.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run (implies --distributed)")
+    dist.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0..N-1 (implies --distributed)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from metatrain import distributed
+    from metatrain.config import load_config
+    from metatrain.trainer import OPTIMIZER_FILE, TrainingInterrupted, train
+
+    config = load_config(args.config, args.overrides)
+    if args.distributed or any(x is not None for x in (args.coordinator, args.num_processes, args.process_id)):
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    main_process = distributed.is_main_process()
+    try:
+        train(config, args.out, progress=False if args.no_progress else None)
+    except TrainingInterrupted as stop:
+        if main_process:
+            print(f"lopt train: {stop}", file=sys.stderr)
+        return 130
+    if main_process:
+        print(f"lopt train: wrote {args.out}/{OPTIMIZER_FILE}")
+    return 0

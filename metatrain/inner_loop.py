@@ -1,0 +1,164 @@
+"""Train one task with any optax optimizer in a single scanned, jittable function.
+
+This is the plain "inner loop" shared by meta-validation (a learned optimizer
+wrapped as an optax transformation), the Adam baseline of the throughput
+benchmark, and ``eval/``. It is a pure function: ``jax.jit`` it with the
+static arguments bound, and ``jax.vmap`` it over keys to train many seeds at
+once. Batches are sampled inside the scan from ``data`` (passed as an
+argument, never closed over), so a whole training run is one compiled program
+with no host round-trip per step.
+
+The loss of the current batch is passed to the optimizer as ``value=loss``, as
+``optax.GradientTransformationExtraArgs`` expects (plain transformations are
+wrapped with :func:`optax.with_extra_args_support` and ignore it).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tasks.base import Data, HParams, Task
+
+
+def eval_steps(num_steps: int, eval_every: int) -> np.ndarray:
+    """Inner steps after which validation runs: 0, eval_every, 2*eval_every, ..., num_steps.
+
+    Step 0 is the initial parameters; ``num_steps`` is always included even
+    when it is not a multiple of ``eval_every``.
+    """
+    if num_steps < 0 or eval_every <= 0:
+        raise ValueError(f"need num_steps >= 0 and eval_every > 0, got {num_steps} and {eval_every}")
+    steps = list(range(0, num_steps + 1, eval_every))
+    if steps[-1] != num_steps:
+        steps.append(num_steps)
+    return np.asarray(steps, np.int32)
+
+
+def _validate(task: Task, data: Data, params: Any, key: jax.Array, hparams: HParams, eval_batches: int):
+    """Mean validation loss and aux metrics over ``eval_batches`` sampled batches."""
+
+    def one(k):
+        batch = task.sample_batch(data, k, "valid", hparams)
+        return task.loss_and_aux(params, batch, hparams)
+
+    loss, aux = jax.vmap(one)(jax.random.split(key, eval_batches))
+    return jnp.mean(loss), jax.tree.map(jnp.mean, aux)
+
+
+def train_task(
+    task: Task,
+    data: Data,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    num_steps: int,
+    hparams: HParams | None = None,
+    eval_every: int = 100,
+    eval_batches: int = 4,
+    return_params: bool = False,
+) -> dict[str, Any]:
+    """Train ``task`` for ``num_steps`` steps of ``tx`` from a fresh init drawn with ``key``.
+
+    Args:
+      task: the task (static).
+      data: ``task.load_data()`` (device arrays; traced).
+      tx: any optax transformation; receives ``value=loss`` on every update.
+      key: PRNG key; init, batches and validation batches are derived from it.
+      num_steps: number of inner steps (static).
+      hparams: traced task hyperparameters; ``task.default_hparams()`` if None.
+      eval_every: validation period in steps (static); see :func:`eval_steps`.
+      eval_batches: validation batches averaged per evaluation (static).
+      return_params: also return the final parameters.
+
+    Returns a dict of arrays:
+      ``train_loss`` (num_steps,) loss of each step's batch before its update;
+      ``valid_loss`` (E,) and ``valid_aux`` {name: (E,)} at :func:`eval_steps`;
+      ``eval_step`` (E,) the step numbers; ``final_params`` if requested.
+    """
+    hp = task.default_hparams() if hparams is None else hparams
+    tx = optax.with_extra_args_support(tx)
+    k_init, k_train, k_valid = jax.random.split(key, 3)
+    params = task.init(k_init, hp)
+    opt_state = tx.init(params)
+    grad_fn = jax.value_and_grad(task.loss)
+
+    def step(carry, t):
+        params, opt_state = carry
+        batch = task.sample_batch(data, jax.random.fold_in(k_train, t), "train", hp)
+        loss, grads = grad_fn(params, batch, hp)
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), loss
+
+    def run(carry, start, length):
+        return jax.lax.scan(step, carry, start + jnp.arange(length, dtype=jnp.int32))
+
+    def evaluate(params, i):
+        return _validate(task, data, params, jax.random.fold_in(k_valid, i), hp, eval_batches)
+
+    steps = eval_steps(num_steps, eval_every)
+    num_chunks, remainder = divmod(num_steps, eval_every)
+
+    def chunk(carry, i):
+        carry, losses = run(carry, i * eval_every, eval_every)
+        return carry, (losses, evaluate(carry[0], i + 1))
+
+    v0 = evaluate(params, 0)
+    carry = (params, opt_state)
+    carry, (losses, (vloss, vaux)) = jax.lax.scan(chunk, carry, jnp.arange(num_chunks, dtype=jnp.int32))
+    losses = losses.reshape(-1)
+    vloss = jnp.concatenate([v0[0][None], vloss])
+    vaux = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), v0[1], vaux)
+    if remainder:
+        carry, tail = run(carry, num_chunks * eval_every, remainder)
+        vl, va = evaluate(carry[0], num_chunks + 1)
+        losses = jnp.concatenate([losses, tail])
+        vloss = jnp.concatenate([vloss, vl[None]])
+        vaux = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), vaux, va)
+    out = {"train_loss": losses, "valid_loss": vloss, "valid_aux": vaux, "eval_step": jnp.asarray(steps)}
+    if return_params:
+        out["final_params"] = carry[0]
+    return out
+
+
+def make_train_fn(
+    task: Task,
+    tx: optax.GradientTransformation,
+    num_steps: int,
+    eval_every: int = 100,
+    eval_batches: int = 4,
+    num_seeds: int | None = None,
+    return_params: bool = False,
+):
+    """A jitted ``fn(data, key, hparams=None) -> dict`` for repeated use.
+
+    With ``num_seeds`` the function is vmapped over ``jax.random.split(key,
+    num_seeds)`` (one init/batch stream per seed; ``hparams`` shared) and every
+    output gains a leading seed axis.
+    """
+    fn = functools.partial(
+        train_task,
+        task,
+        tx=tx,
+        num_steps=num_steps,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        return_params=return_params,
+    )
+
+    def single(data, key, hparams=None):
+        return fn(data, key=key, hparams=hparams)
+
+    if num_seeds is None:
+        return jax.jit(single)
+
+    def many(data, key, hparams=None):
+        keys = jax.random.split(key, num_seeds)
+        return jax.vmap(lambda k: fn(data, key=k, hparams=hparams))(keys)
+
+    return jax.jit(many)

@@ -1,0 +1,312 @@
+"""The meta-training loop: outer steps, metrics, validation, checkpoints, resume.
+
+One outer step is one jitted call: the estimator advances every task by one
+truncation and returns a meta-gradient, the meta-optimizer applies it (a
+non-finite meta-gradient is skipped and counted). The whole state -- meta-
+parameters, meta-optimizer state, every inner state and PES accumulator -- is
+one pytree, and every random key is derived from the seed and the outer-step
+number, so a run that is killed (even with SIGKILL) and resumed from its last
+checkpoint computes exactly what the uninterrupted run computes.
+
+Ctrl-C (SIGINT) only sets a flag; the loop then finishes the step in flight,
+writes a checkpoint and raises :class:`TrainingInterrupted`, so the state on
+disk is always consistent and ``lopt train`` with the same arguments resumes.
+
+The state is laid out by a :class:`~metatrain.sharding.TaskMesh`: tasks split
+over every device (of every process, after :func:`metatrain.distributed.initialize`),
+the rest replicated. With several processes, process 0 alone writes files;
+all of them gather the state for a checkpoint and read it on resume, and a
+Ctrl-C is acted on at the next ``log_every`` boundary, where they agree on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.base import tree_all_finite
+from metatrain import build, checkpoint, distributed
+from metatrain.config import TrainConfig, to_dict
+from metatrain.sharding import TaskMesh
+from metatrain.validation import MetaValidator
+
+METRICS_FILE = "metrics.jsonl"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was saved at ``step``."""
+
+    def __init__(self, step: int, out_dir: Path):
+        super().__init__(f"interrupted at outer step {step}; checkpoint saved in {out_dir}; rerun to resume")
+        self.step = step
+
+
+class Engine:
+    """Everything built from a config: pure pieces plus the jitted outer step.
+
+    ``devices`` (default: all devices of all processes) is where the tasks are
+    split; the result does not depend on it (up to float summation order).
+    """
+
+    def __init__(self, config: TrainConfig, devices: Sequence[jax.Device] | None = None):
+        self.config = config
+        self.arch = build.build_arch(config)
+        self.unroller = build.build_unroller(config, self.arch)
+        self.estimator = build.build_estimator(config, self.unroller)
+        self.meta_opt = build.build_meta_optimizer(config)
+        self.mesh = TaskMesh.create(devices)
+        rep = self.mesh.replicated
+        cache: dict[Any, Any] = {}  # groups of one task share its (replicated) data
+        for g in self.unroller.groups:
+            if g.task not in cache:
+                cache[g.task] = self.mesh.put(jax.device_get(g.task.load_data()), rep)
+        self.data = tuple(cache[g.task] for g in self.unroller.groups)
+        root = jax.random.PRNGKey(config.seed)
+        self.key_meta, self.key_est, self.key_steps = jax.random.split(root, 3)
+        sizes = [g.num_tasks for g in self.unroller.groups]
+        self.state_shardings = self.mesh.state_shardings(jax.eval_shape(self._init_state, self.key_meta, self.key_est), sizes)
+        self.step_fn = jax.jit(
+            self._outer_step,
+            in_shardings=(self.state_shardings, rep, rep),
+            out_shardings=(self.state_shardings, rep),
+            donate_argnums=0,
+        )
+        self._init_fn = jax.jit(self._init_state, out_shardings=self.state_shardings)
+
+    @property
+    def inner_steps_per_outer(self) -> int:
+        u = self.unroller
+        return u.truncation_length * u.num_tasks * u.num_branches
+
+    def init_state(self) -> dict:
+        """The state before outer step 0 (one jitted call: no op-by-op dispatch)."""
+        return self._init_fn(self.key_meta, self.key_est)
+
+    def _init_state(self, key_meta: jax.Array, key_est: jax.Array) -> dict:
+        meta_params = self.arch.init_meta_params(key_meta)
+        return {
+            "meta_params": meta_params,
+            "opt_state": self.meta_opt.init(meta_params),
+            "est": self.estimator.init(meta_params, key_est),
+        }
+
+    def gather(self, state: dict) -> dict:
+        """The whole state as numpy on every process (what a checkpoint stores)."""
+        return self.mesh.gather(state)
+
+    def place(self, host_state: dict) -> dict:
+        """Numpy state (e.g. a restored checkpoint) -> arrays laid out like :meth:`init_state`'s."""
+        return self.mesh.put(host_state, self.state_shardings)
+
+    def step_key(self, step: int) -> jax.Array:
+        return jax.random.fold_in(self.key_steps, step)
+
+    def _outer_step(self, state: dict, key: jax.Array, data: tuple) -> tuple[dict, dict]:
+        mp = state["meta_params"]
+        grad, est, metrics = self.estimator.step(mp, state["est"], key, data)
+        ok = tree_all_finite(grad)
+        grad = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grad)
+        updates, opt_state = self.meta_opt.update(grad, state["opt_state"], mp)
+        new_mp = optax.apply_updates(mp, updates)
+        keep = lambda new, old: jnp.where(ok, new, old)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grad), skipped_meta_steps=(~ok).astype(jnp.float32))
+        new_state = {
+            "meta_params": jax.tree.map(keep, new_mp, mp),
+            "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
+            "est": est,
+        }
+        return new_state, metrics
+
+    def run(self, state: dict, start: int, stop: int) -> dict:
+        """Outer steps ``start..stop-1`` with no I/O (tests, benchmarks)."""
+        for i in range(start, stop):
+            state, _ = self.step_fn(state, self.step_key(i), self.data)
+        return state
+
+
+# ---------------------------------------------------------------------- I/O helpers
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drop records written after the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    for name in os.listdir(out):
+        if name.startswith(".tmp_ckpt_"):
+            (out / name).unlink(missing_ok=True)
+
+
+class _SigintFlag:
+    """Turns SIGINT into a flag checked between outer steps (main thread only)."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:  # second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _mean_metrics(pending: list[dict]) -> dict:
+    host = jax.device_get(pending)
+    return {k: float(sum(float(m[k]) for m in host) / len(host)) for k in host[0]}
+
+
+# ---------------------------------------------------------------------- the loop
+def train(
+    config: TrainConfig, out_dir: str | Path, progress: bool | None = None, *, engine: Engine | None = None
+) -> Any:
+    """Meta-train per ``config``, writing everything to ``out_dir``; returns the TrainedOptimizer.
+
+    Resumes automatically from the newest checkpoint in ``out_dir``. ``engine``
+    may pass an :class:`Engine` already built (and compiled) for this config.
+    With several processes every one calls this; only process 0 writes.
+    """
+    from tqdm import tqdm
+
+    main = distributed.is_main_process()
+    out = Path(out_dir)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(out)
+    if engine is None:
+        engine = Engine(config)
+    elif engine.config != config:
+        raise ValueError("train: the engine passed was built for a different config")
+    state = engine.init_state()
+    start = 0
+    restored = checkpoint.restore_latest(out, state)
+    if restored is not None:
+        host_state, info = restored
+        state = engine.place(host_state)
+        start = int(info["step"])
+        if main and info.get("config") != to_dict(config):
+            print(f"lopt train: warning: resuming from step {start} with a different config", flush=True)
+    _check_same_start(start, out)
+    note = engine.mesh.describe([g.num_tasks for g in engine.unroller.groups])
+    if main and note:
+        print(f"lopt train: note: {note}", flush=True)
+    metrics_path = out / METRICS_FILE
+    if main:
+        _trim_metrics(metrics_path, start)
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    validator = _make_validator(engine) if main else None
+    info = {"config": to_dict(config), "arch": engine.arch.arch}
+    total = config.num_outer_steps
+    show = (config.progress if progress is None else progress) and main
+    bar = tqdm(total=total, initial=start, disable=not show, dynamic_ncols=True, desc="meta-train")
+    pending: list[dict] = []
+    t_window, steps_window = time.perf_counter(), 0
+    step = start
+    # other processes log to the null device: the same code path, nothing written
+    with open(metrics_path if main else os.devnull, "a") as log, _SigintFlag() as sigint:
+        while step < total:
+            if _stop_requested(sigint, step, config.log_every):
+                _save(engine, out, step, state, info, config.keep_checkpoints)
+                bar.close()
+                raise TrainingInterrupted(step, out)
+            state, metrics = engine.step_fn(state, engine.step_key(step), engine.data)
+            step += 1
+            pending.append(metrics)
+            steps_window += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == total:
+                record = _mean_metrics(pending)
+                elapsed = time.perf_counter() - t_window
+                record["inner_steps_per_s"] = steps_window * engine.inner_steps_per_outer / max(elapsed, 1e-9)
+                record["step"] = step
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(meta_loss=f"{record['meta_loss']:.4f}", inner_sps=f"{record['inner_steps_per_s']:.0f}")
+                pending, t_window, steps_window = [], time.perf_counter(), 0
+            if validator is not None and (step % config.validation.every == 0 or step == total):
+                for rec in validator(jax.device_get(state["meta_params"])):
+                    log.write(json.dumps({"step": step, "kind": "validation", **rec}) + "\n")
+                log.flush()
+                t_window, steps_window = time.perf_counter(), 0
+            if step % config.checkpoint_every == 0 or step == total:
+                _save(engine, out, step, state, info, config.keep_checkpoints)
+    bar.close()
+    return _export(engine, state["meta_params"], out, step, write=main)
+
+
+def _save(engine: Engine, out: Path, step: int, state: dict, info: dict, keep: int) -> None:
+    """Gather the state (a collective across processes); process 0 writes it."""
+    host_state = engine.gather(state)
+    if distributed.is_main_process():
+        checkpoint.save(out, step, host_state, info, keep)
+
+
+def _stop_requested(sigint: "_SigintFlag", step: int, every: int) -> bool:
+    """Ctrl-C seen? Several processes agree on it at ``every``-step boundaries only (a collective)."""
+    if jax.process_count() == 1:
+        return sigint.raised
+    return step % every == 0 and distributed.any_process(sigint.raised)
+
+
+def _check_same_start(start: int, out: Path) -> None:
+    """Every process must resume from the same checkpoint (or none), or their tasks would mix."""
+    starts = distributed.all_values(start)
+    if len(set(starts)) > 1:
+        raise distributed.DistributedError(
+            f"processes found different checkpoints in {out} (steps {starts} by process): "
+            "the output directory must be the same, shared, directory for all of them"
+        )
+
+
+def _make_validator(engine: Engine) -> MetaValidator | None:
+    cfg = engine.config.validation
+    if cfg.every <= 0 or not cfg.tasks:
+        return None
+    tasks = [build.resolve_task(name) for name in cfg.tasks]
+    return MetaValidator(engine.arch, tasks, cfg.num_steps, cfg.num_seeds, engine.config.seed)
+
+
+def _export(engine: Engine, meta_params: Any, out: Path, step: int, write: bool = True) -> Any:
+    """Write ``out/optimizer.safetensors`` (if ``write``) in lopt's format and return the TrainedOptimizer."""
+    from lopt import TrainedOptimizer
+
+    config = engine.config
+    metadata = {
+        "trained_on": [s.name for s in config.tasks],
+        "outer_steps": step,
+        "estimator": config.estimator.kind,
+        "truncation_length": engine.unroller.truncation_length,
+        "episode_length": engine.unroller.schedule.longest,
+        "seed": config.seed,
+    }
+    trained = TrainedOptimizer(engine.arch, jax.device_get(meta_params), metadata)
+    if write:
+        trained.save(out / OPTIMIZER_FILE, provenance={"config": to_dict(config)})
+    return trained

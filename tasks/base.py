@@ -1,0 +1,171 @@
+"""The task contract every part of lopt relies on.
+
+A *task* is an inner problem a learned optimizer trains on. It is split in two:
+
+* **static structure** lives in the fields of a frozen dataclass that subclasses
+  :class:`Task` (widths, depth, activation, dataset name, image size). Changing
+  it changes shapes, so it is a Python-level choice and a new compile.
+* **traced hyperparameters** (``hparams``: init scale, label noise, data subset,
+  ...) are a flat ``dict[str, jax.Array]`` of scalars drawn by
+  :meth:`Task.sample_hparams`. Because they are arrays, one jitted function can
+  be ``vmap``-ed over many sampled tasks of the same structure.
+
+Everything is pure: ``init``, ``loss`` and ``sample_batch`` take explicit keys
+and explicit data, hold no state, and work under ``jit``, ``vmap`` and
+``lax.scan``. Data is loaded once on the host by :meth:`Task.load_data` into a
+pytree of device arrays ``{"train": {...}, "valid": {...}}`` and then passed
+*as an argument* to jitted code (never closed over, so it is not baked into the
+compiled program as a constant).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Params = Any  # a pytree of arrays
+HParams = dict[str, jax.Array]  # flat dict of traced scalars
+Batch = dict[str, jax.Array]
+Data = dict[str, dict[str, jax.Array]]  # split -> field -> array
+
+SPLITS = ("train", "valid")
+
+
+class TaskError(ValueError):
+    """A task was asked for something it cannot do (bad name, bad split, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(abc.ABC):
+    """Base class of every task. Subclasses are frozen dataclasses.
+
+    Subclasses implement :meth:`init`, :meth:`loss_and_aux`, :meth:`load_data`
+    and :meth:`sample_batch`; they may override :meth:`default_hparams` and
+    :meth:`sample_hparams` to expose traced hyperparameters.
+
+    ``loss_scale`` is the loss normalizer: a typical loss value at
+    initialization (``log(num_classes)`` for classification, the initial value
+    for quadratics). Meta-training divides by it so that tasks with different
+    loss scales can be averaged into one meta-loss.
+    """
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """Registry-style name of this concrete task, e.g. ``mlp_digits``."""
+
+    @property
+    def loss_scale(self) -> float:
+        return 1.0
+
+    # ----------------------------------------------------------- hparams
+    def default_hparams(self) -> HParams:
+        """The traced hyperparameters of the un-perturbed task (may be empty)."""
+        return {}
+
+    def sample_hparams(self, key: jax.Array) -> HParams:
+        """Draw traced hyperparameters for one member of this task's family.
+
+        Must return the same keys, shapes and dtypes as :meth:`default_hparams`
+        so that sampled and default tasks share one compiled program.
+        """
+        del key
+        return self.default_hparams()
+
+    # ----------------------------------------------------------- model
+    @abc.abstractmethod
+    def init(self, key: jax.Array, hparams: HParams | None = None) -> Params:
+        """Fresh parameters for this task."""
+
+    @abc.abstractmethod
+    def loss_and_aux(
+        self, params: Params, batch: Batch, hparams: HParams | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar loss plus auxiliary scalar metrics (``accuracy``, ...)."""
+
+    def loss(self, params: Params, batch: Batch, hparams: HParams | None = None) -> jax.Array:
+        """Scalar training loss (the first element of :meth:`loss_and_aux`)."""
+        return self.loss_and_aux(params, batch, hparams)[0]
+
+    # ----------------------------------------------------------- data
+    @abc.abstractmethod
+    def load_data(self) -> Data:
+        """Load (host side, once) the arrays this task samples batches from.
+
+        Returns ``{"train": {...}, "valid": {...}}`` of device arrays. Tasks
+        whose data is generated (quadratics) return their sampling constants.
+        """
+
+    @abc.abstractmethod
+    def sample_batch(
+        self, data: Data, key: jax.Array, split: str = "train", hparams: HParams | None = None
+    ) -> Batch:
+        """Sample one batch inside jit from ``data[split]`` (``split`` is static)."""
+
+    # ----------------------------------------------------------- helpers
+    def _hp(self, hparams: HParams | None) -> HParams:
+        return self.default_hparams() if hparams is None else hparams
+
+    def num_params(self) -> int:
+        """Number of scalar parameters (computed by shape evaluation, no FLOPs)."""
+        shapes = jax.eval_shape(self.init, jax.random.PRNGKey(0))
+        return int(sum(_size(s.shape) for s in jax.tree.leaves(shapes)))
+
+    def describe(self) -> str:
+        """One line for ``lopt tasks``: what data and model this task is."""
+        return self.__class__.__name__
+
+    def data_summary(self) -> str:
+        """Short name of the data for ``lopt tasks`` (e.g. ``digits 8x8x1``)."""
+        return "generated"
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise TaskError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFamily:
+    """A named distribution over tasks.
+
+    ``tasks`` are the static variants (each a different shape, so each is its
+    own vmapped group during meta-training); ``weights`` say how many of the
+    vmapped slots each variant gets relative to the others. Traced
+    hyperparameters inside each variant are drawn by the variant's own
+    :meth:`Task.sample_hparams`.
+    """
+
+    name: str
+    tasks: tuple[Task, ...]
+    weights: tuple[float, ...] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise TaskError(f"task family {self.name!r} has no tasks")
+        if self.weights is not None and len(self.weights) != len(self.tasks):
+            raise TaskError(
+                f"task family {self.name!r}: {len(self.weights)} weights for {len(self.tasks)} tasks"
+            )
+
+    def normalized_weights(self) -> tuple[float, ...]:
+        w = self.weights or tuple(1.0 for _ in self.tasks)
+        total = float(sum(w))
+        return tuple(float(x) / total for x in w)
+
+
+def tree_hparams_like(hparams: Mapping[str, Any]) -> HParams:
+    """Cast a mapping of Python scalars into float32 arrays (for default_hparams)."""
+    return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in hparams.items()}

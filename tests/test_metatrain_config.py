@@ -1,0 +1,72 @@
+"""Training configs: defaults, YAML files, overrides and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metatrain.build import build_meta_optimizer, build_unroller
+from metatrain.config import ConfigError, TrainConfig, load_config, to_dict
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+
+
+def test_default_yaml_mirrors_the_dataclass_defaults():
+    assert load_config(None) == TrainConfig()
+    assert yaml.safe_load((CONFIGS / "default.yaml").read_text()) == to_dict(TrainConfig())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load_and_build(name):
+    config = load_config(CONFIGS / name)
+    unroller = build_unroller(config)
+    assert unroller.num_tasks >= 1
+    build_meta_optimizer(config)
+
+
+def test_reference_config_is_the_benchmark_setting():
+    c = load_config(CONFIGS / "reference.yaml")
+    u = build_unroller(c)
+    assert (c.optimizer.arch, c.estimator.kind, u.truncation_length, u.num_branches) == ("small_fc", "pes", 20, 2)
+    assert u.num_tasks == 8 and u.schedule.longest == 2000
+    assert u.groups[0].task.num_params() == 2410
+
+
+def test_overrides_parse_values_as_yaml():
+    c = load_config(None, ["estimator.std=0.05", "unroll.param_scale_range=[0.5, 2]", "tasks=[quadratic]"])
+    assert c.estimator.std == 0.05
+    assert c.unroll.param_scale_range == (0.5, 2.0)
+    assert c.tasks[0].name == "quadratic" and c.tasks[0].num_tasks == 8
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("estimator.stdd=0.1", "estimator.stdd"),
+        ("unrol.truncation_length=3", "unrol"),
+        ("estimator.std=abc", "estimator.std"),
+        ("unroll.truncation_length=2.5", "unroll.truncation_length"),
+        ("unroll.stagger=3", "unroll.stagger"),
+        ("unroll.param_scale_range=[1]", "unroll.param_scale_range"),
+        ("tasks=[{name: quadratic, num_task: 3}]", "tasks[0].num_task"),
+        ("estimator.kind=sgd", "estimator.kind"),
+        ("unroll.truncation_length=0", "unroll.truncation_length"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_bad_names_and_files_give_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="unknown task or family 'nope'"):
+        build_unroller(load_config(None, ["tasks=[nope]"]))
+    with pytest.raises(ConfigError, match="meta_opt.name"):
+        build_meta_optimizer(load_config(None, ["meta_opt.name=not_an_optimizer"]))
