@@ -1,13 +1,13 @@
 """The evaluation protocol: learned optimizers against Adam on every task of a suite.
 
-Per task, with reporting seeds ``1..N`` and tuning seed ``0`` (disjoint, so the
-tuned learning rate is never scored on the seed that chose it):
+Per task, with reporting seeds ``1..N`` and tuning seeds ``0, -1, ...``
+(disjoint, so the tuned learning rate is never scored on a seed that chose it):
 
 1. each learned optimizer, exported through optax with the planned horizon,
-   trains on every reporting seed (one compile, vmapped over seeds);
+   trains on every reporting seed (one compile, batched over seeds);
 2. Adam's learning rate is tuned: every value of the suite's log grid (which
-   always contains the default 1e-3) trains on the tuning seed in one vmapped
-   call; the value with the lowest final training loss wins (first on ties);
+   always contains the default 1e-3) trains on the tuning seeds in one batched
+   call; the value with the lowest mean final training loss wins (first on ties);
 3. Adam at the default rate and Adam at the tuned rate train on every
    reporting seed (for short runs the same compiled program as step 2);
 4. extra optax baselines from the suite train on every reporting seed.
@@ -35,9 +35,11 @@ from eval.suite import BaselineSpec, Suite, TaskSpec
 from tasks.base import Task
 
 TUNING_SEED = 0
-# Adam runs of fewer steps than this share one compiled program (grid search and
-# reporting runs padded to one width): on CPU a compile costs seconds, short runs less.
-SHARED_ADAM_COMPILE_BELOW = 4000
+# Grid search and reporting runs of Adam share one compiled program (padded to one
+# width) when the padding wastes at most this many training steps: on CPU a compile
+# costs seconds, which only pays off for short runs (measured: a 16-wide CNN padding
+# cost minutes, a smoke-suite MLP padding milliseconds).
+MAX_PADDED_STEPS = 10_000
 ADAM_DEFAULT = "adam_default"
 ADAM_TUNED = "adam_tuned"
 
@@ -45,8 +47,8 @@ DEFINITIONS = {
     "final train loss": "mean minibatch training loss over the last eval_every steps, averaged over reported seeds; "
     "a diverged run counts as +inf (shown as 'diverged', null in JSON)",
     "valid loss / accuracy": "measured at the last step on 4 validation batches, mean over seeds",
-    "tuned Adam": "Adam with the learning rate of the log grid that gives the lowest final train loss on the "
-    "tuning seed (0); reported on the other seeds",
+    "tuned Adam": "Adam with the learning rate of the log grid that gives the lowest final train loss averaged "
+    "over the tuning seeds (0, -1, ...); reported on the other seeds (1..N)",
     "speedup": "S/T where T is the learned optimizer's steps and S the first step at which tuned Adam's seed-mean "
     "train loss curve reaches the learned optimizer's final train loss; tuned Adam runs speedup_horizon*T steps; "
     "if never reached the speedup is censored at speedup_horizon (shown '>x'); none if the learned one diverged",
@@ -112,16 +114,28 @@ def summarize_runs(curves: Curves, divergence_factor: float) -> dict[str, Any]:
     return entry
 
 
-def tune_adam(runner: AdamRunner, data: Any, grid: tuple[float, ...], num_steps: int, default_lr: float, factor: float):
-    """Grid search on the tuning seed; returns (chosen lr, record for the report)."""
-    curves = runner(data, list(grid), [TUNING_SEED] * len(grid)).upto(num_steps)
-    div = metrics.diverged_runs(curves.train_loss, factor)
-    scores = metrics.final_values(curves.train_loss, div)
+def tuning_seeds(count: int) -> list[int]:
+    """Seeds ``0, -1, -2, ...``: never among the reporting seeds ``1..N``."""
+    return [TUNING_SEED - i for i in range(count)]
+
+
+def tune_adam(runner: AdamRunner, data: Any, suite: Suite, num_steps: int):
+    """Grid search on the tuning seeds; returns (chosen lr, record for the report).
+
+    A learning rate's score is its final train loss averaged over the tuning
+    seeds (``inf`` if any of them diverged): with more than one tuning seed,
+    a rate at the edge of stability that happened to survive one seed loses.
+    """
+    grid, seeds = list(suite.lr_grid), tuning_seeds(suite.tuning_seeds)
+    curves = runner(data, [lr for lr in grid for _ in seeds], [s for _ in grid for s in seeds]).upto(num_steps)
+    div = metrics.diverged_runs(curves.train_loss, suite.divergence_factor)
+    finals = metrics.final_values(curves.train_loss, div).reshape(len(grid), len(seeds))
+    scores = np.asarray([metrics.seed_mean(row) for row in finals])
     best = int(np.argmin(scores))  # first minimum on ties
-    default_idx = int(np.argmin([abs(math.log(g) - math.log(default_lr)) for g in grid]))
+    default_idx = int(np.argmin([abs(math.log(g) - math.log(suite.default_lr)) for g in grid]))
     record = {
-        "seed": TUNING_SEED,
-        "lr_grid": list(grid),
+        "seeds": seeds,
+        "lr_grid": grid,
         "scores": scores.tolist(),
         "chosen_lr": float(grid[best]),
         "chosen_score": float(scores[best]),
@@ -154,12 +168,13 @@ def evaluate_task(
 
     t0 = time.perf_counter()
     long_steps = int(math.ceil(suite.speedup_horizon * num_steps / every)) * every
-    r, g = len(report_seeds), len(suite.lr_grid)
-    if long_steps < SHARED_ADAM_COMPILE_BELOW:  # short: padding costs less than a second compile
+    r, g = len(report_seeds), len(suite.lr_grid) * suite.tuning_seeds
+    padded_waste = (max(g, 2 * r) - 2 * r) * long_steps + (max(g, 2 * r) - g) * long_steps + g * (long_steps - num_steps)
+    if padded_waste <= MAX_PADDED_STEPS:  # short: padding costs less than a second compile
         tuner = reporter = AdamRunner(task, long_steps, every, width=max(g, 2 * r))
     else:  # long: exactly sized programs, tuning only as long as the learned optimizer runs
         tuner, reporter = AdamRunner(task, num_steps, every, width=g), AdamRunner(task, long_steps, every, width=2 * r)
-    lr, tuning = tune_adam(tuner, data, suite.lr_grid, num_steps, suite.default_lr, factor)
+    lr, tuning = tune_adam(tuner, data, suite, num_steps)
     tick(f"{spec.display}: tune adam")
     both = reporter(data, [suite.default_lr] * r + [lr] * r, report_seeds * 2)
     adam_long = both.take_runs(slice(r, 2 * r))
@@ -243,7 +258,7 @@ def evaluate_suite(
         "baselines": [ADAM_DEFAULT, ADAM_TUNED] + [b.name for b in suite.baselines],
         "sources": {n: (sources or {}).get(n, n) for n in learned},
         "protocol": {
-            "tuning_seed": TUNING_SEED,
+            "tuning_seeds": tuning_seeds(suite.tuning_seeds),
             "report_seeds": report_seeds,
             "steps_scale": steps_scale,
             "definitions": DEFINITIONS,

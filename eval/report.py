@@ -124,7 +124,7 @@ def render_markdown(report: dict) -> str:
         f"# lopt eval: suite `{suite['name']}`\n",
         f"{suite.get('description', '')}\n",
         f"Learned: {learned}. "
-        f"Seeds reported: {proto['report_seeds']}; Adam learning rate tuned on seed {proto['tuning_seed']} "
+        f"Seeds reported: {proto['report_seeds']}; Adam learning rate tuned on seeds {proto['tuning_seeds']} "
         f"over {len(suite['lr_grid'])} values {suite['lr_grid'][0]:g}..{suite['lr_grid'][-1]:g}.\n",
         "## Results\n",
         summary_table(report),

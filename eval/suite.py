@@ -9,7 +9,8 @@ Schema (every top-level key but ``tasks`` is optional)::
 
     name: smoke
     description: one line
-    seeds: 2                  # reporting seeds (the tuning seed is extra)
+    seeds: 2                  # reporting seeds 1..N
+    tuning_seeds: 1           # seeds 0, -1, ... that choose Adam's learning rate (disjoint from reporting)
     eval_every: 10            # steps between two points of a loss curve
     default_lr: 1.0e-3        # the "Adam(1e-3)" baseline
     lr_grid: {min: 1.0e-4, max: 1.0e-1, num: 10}   # log grid for tuned Adam
@@ -72,6 +73,7 @@ class Suite:
     tasks: tuple[TaskSpec, ...]
     description: str = ""
     seeds: int = 2
+    tuning_seeds: int = 1
     eval_every: int = 10
     default_lr: float = 1e-3
     lr_grid: tuple[float, ...] = ()
@@ -87,6 +89,7 @@ class Suite:
             "name": self.name,
             "description": self.description,
             "seeds": self.seeds,
+            "tuning_seeds": self.tuning_seeds,
             "eval_every": self.eval_every,
             "default_lr": self.default_lr,
             "lr_grid": list(self.lr_grid),
@@ -103,7 +106,7 @@ class Suite:
 
 
 _TOP_KEYS = {
-    "name", "description", "seeds", "eval_every", "default_lr", "lr_grid", "speedup_horizon",
+    "name", "description", "seeds", "tuning_seeds", "eval_every", "default_lr", "lr_grid", "speedup_horizon",
     "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks",
 }
 _TASK_KEYS = {"task", "steps", "label", "overrides", "eval_every"}
@@ -159,6 +162,7 @@ def parse_suite(raw: Any, default_name: str = "suite", where: str = "suite") -> 
         description=str(raw.get("description", "")),
         tasks=tasks,
         seeds=_positive_int(raw.get("seeds", 2), "seeds", where),
+        tuning_seeds=_positive_int(raw.get("tuning_seeds", 1), "tuning_seeds", where),
         eval_every=_positive_int(raw.get("eval_every", 10), "eval_every", where),
         default_lr=default_lr,
         lr_grid=_parse_grid(raw.get("lr_grid", _DEFAULT_GRID), default_lr, where),

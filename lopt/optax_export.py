@@ -15,6 +15,12 @@ Without ``value`` the loss features are zero: the optimizer still works but
 cannot react to the loss (``TrainState.apply_gradients`` is such a caller).
 Learned optimizers always need ``params`` (parameter values are features).
 
+Guard: a step whose update is not finite (NaN/inf gradients, an overflow) is
+skipped -- the returned updates are zeros, so the parameters are unchanged,
+the accumulators keep their old values -- and counted in ``state.skipped``
+(``state`` is a :class:`lopt.OptState`; inside ``optax.chain`` it is one
+element of the chain's tuple).
+
 ``num_steps`` is the length of training the optimizer plans for (its time
 features say what fraction of it is done); pass the real length of your run.
 """

@@ -4,7 +4,8 @@ The public entry points are :func:`train` (config + output directory ->
 ``lopt.TrainedOptimizer``) and :func:`load_config`; the pure pieces live in
 :mod:`metatrain.unroll` (vmapped inner trainings), :mod:`metatrain.estimators`
 (ES, PES, full ES, backprop) and :mod:`metatrain.inner_loop` (train one task
-with any optax optimizer). Imports are lazy so that ``metatrain.inner_loop``
+with any optax optimizer); :mod:`metatrain.sharding` splits the tasks over all
+devices and :mod:`metatrain.distributed` joins several hosts. Imports are lazy so that ``metatrain.inner_loop``
 can be used without loading the trainer.
 """
 

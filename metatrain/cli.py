@@ -29,11 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config key, e.g. --set estimator.std=0.02 (repeatable; value parsed as YAML)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    dist = parser.add_argument_group("multi-host (all default to JAX_* environment variables or auto-detection)")
+    dist = parser.add_argument_group("multi-host (defaults: JAX_* environment variables, then auto-detection)")
     dist.add_argument("--distributed", action="store_true", help="join a multi-process run (jax.distributed)")
-    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
-    dist.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run (implies --distributed)")
-    dist.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0..N-1 (implies --distributed)")
+    implies = " (implies --distributed)"
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0" + implies)
+    dist.add_argument("--num-processes", type=int, metavar="N", help="processes in the run" + implies)
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1" + implies)
 
 
 def main(args: argparse.Namespace) -> int:

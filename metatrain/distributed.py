@@ -46,8 +46,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise DistributedError(f"number of processes must be >= 1, got {num_processes}")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
         raise DistributedError(f"process id {process_id} is not in [0, {num_processes})")
-    # CPU hosts need a collectives backend for cross-process all-reduces (GPUs/TPUs bring their own).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU hosts need a collectives backend for cross-process all-reduces (GPUs/TPUs bring their
+    # own); keep one the user chose (e.g. JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi).
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id)
     except (RuntimeError, ValueError) as err:
@@ -75,3 +77,16 @@ def all_values(value: int) -> list[int]:
 def any_process(flag: bool) -> bool:
     """True if ``flag`` is true on any process (a collective)."""
     return any(all_values(int(bool(flag))))
+
+
+def preemption_step_reached(step: int) -> bool:
+    """True on every process at the same step once any of them got SIGTERM (a preemption notice).
+
+    JAX's preemption service (active after :func:`initialize`) catches SIGTERM and
+    agrees on a common step in the background; must be called at every step.
+    """
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(step))

@@ -15,8 +15,9 @@ disk is always consistent and ``lopt train`` with the same arguments resumes.
 The state is laid out by a :class:`~metatrain.sharding.TaskMesh`: tasks split
 over every device (of every process, after :func:`metatrain.distributed.initialize`),
 the rest replicated. With several processes, process 0 alone writes files;
-all of them gather the state for a checkpoint and read it on resume, and a
-Ctrl-C is acted on at the next ``log_every`` boundary, where they agree on it.
+all of them gather the state for a checkpoint and read it on resume; a Ctrl-C
+is acted on at the next ``log_every`` boundary, where they agree on it, and a
+SIGTERM (preemption) at the step JAX's preemption service picks.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Engine:
         root = jax.random.PRNGKey(config.seed)
         self.key_meta, self.key_est, self.key_steps = jax.random.split(root, 3)
         sizes = [g.num_tasks for g in self.unroller.groups]
-        self.state_shardings = self.mesh.state_shardings(jax.eval_shape(self._init_state, self.key_meta, self.key_est), sizes)
+        shapes = jax.eval_shape(self._init_state, self.key_meta, self.key_est)
+        self.state_shardings = self.mesh.state_shardings(shapes, sizes)
         self.step_fn = jax.jit(
             self._outer_step,
             in_shardings=(self.state_shardings, rep, rep),
@@ -269,9 +271,16 @@ def _save(engine: Engine, out: Path, step: int, state: dict, info: dict, keep: i
 
 
 def _stop_requested(sigint: "_SigintFlag", step: int, every: int) -> bool:
-    """Ctrl-C seen? Several processes agree on it at ``every``-step boundaries only (a collective)."""
+    """Stop and checkpoint now? Called at every step by every process.
+
+    One process: on Ctrl-C. Several: when JAX's preemption service says all
+    reached the step it chose after a SIGTERM anywhere, or at an ``every``-step
+    boundary after a Ctrl-C anywhere (agreed on by a collective).
+    """
     if jax.process_count() == 1:
         return sigint.raised
+    if distributed.preemption_step_reached(step):
+        return True
     return step % every == 0 and distributed.any_process(sigint.raised)
 
 

@@ -107,7 +107,8 @@ def _launch_pair(cfg: Path, out: Path, cache: Path) -> list[subprocess.Completed
         cmd = [sys.executable, "-m", "lopt.cli", "train", "--config", str(cfg), "--out", str(out), "--no-progress"]
         cmd += ["--distributed", "--coordinator", f"127.0.0.1:{port}"]
         cmd += ["--num-processes", "2", "--process-id", str(pid)]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(2, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(2, cache), **pipes))
     results = []
     try:
         for p in procs:
@@ -147,6 +148,16 @@ def test_two_processes_resume_and_match_one_device(setup):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(STEPS // 2 + 1, STEPS + 1))  # resumed; one writer: no duplicated records
     assert (out / "optimizer.safetensors").is_file()
+
+
+def test_bad_process_flags_are_one_line_errors(capsys):
+    from lopt.cli import main
+
+    assert main(["train", "--distributed", "--num-processes", "2", "--process-id", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "lopt: error: process id 2 is not in [0, 2)"
+    assert main(["train", "--num-processes", "0"]) == 2  # any multi-host flag implies --distributed
+    assert "number of processes must be >= 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- worker (subprocess side)

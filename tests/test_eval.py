@@ -37,7 +37,7 @@ def test_report_has_every_field(smoke):
     assert on_disk["learned"] == [LEARNED]
     assert on_disk["baselines"][:2] == ["adam_default", "adam_tuned"]
     seeds = on_disk["protocol"]["report_seeds"]
-    assert on_disk["protocol"]["tuning_seed"] not in seeds and len(seeds) == 2
+    assert not set(on_disk["protocol"]["tuning_seeds"]) & set(seeds) and len(seeds) == 2
     assert [t["label"] for t in on_disk["tasks"]] == ["quadratic", "mlp_digits"]
     for task in on_disk["tasks"]:
         for key in ("steps", "curve_steps", "tuning", "optimizers", "speedup", "outcomes", "num_params"):
@@ -99,7 +99,7 @@ def test_extra_baseline_and_determinism():
     from eval.suite import parse_suite
 
     suite = parse_suite({
-        "seeds": 1, "eval_every": 5,
+        "seeds": 1, "tuning_seeds": 2, "eval_every": 5,
         "baselines": [{"name": "sgd_momentum", "optax": "sgd", "kwargs": {"learning_rate": 0.01, "momentum": 0.9}}],
         "tasks": [{"task": "quadratic", "steps": 20, "label": "quad4", "overrides": {"dim": 4}}],
     })
@@ -108,6 +108,7 @@ def test_extra_baseline_and_determinism():
     second = evaluate_suite(opt, suite, progress=False)
     task = first["tasks"][0]
     assert first["baselines"] == ["adam_default", "adam_tuned", "sgd_momentum"]
+    assert first["protocol"]["tuning_seeds"] == [0, -1] and first["protocol"]["report_seeds"] == [1]
     assert task["outcomes"][LEARNED]["sgd_momentum"] in ("win", "tie", "loss")
     assert math.isfinite(task["optimizers"]["sgd_momentum"]["final_train_loss"])
     for name in (LEARNED, "adam_tuned", "sgd_momentum"):
