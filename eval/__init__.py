@@ -8,7 +8,7 @@
 * :mod:`eval.compare` -- several learned optimizers against Adam on one suite.
 * :mod:`eval.optimizers` -- ``--optimizer PATH|NAME`` to a trained optimizer.
 * :mod:`eval.bench`, :mod:`eval.bench_step` -- step time, meta-training
-  throughput, state memory (latest numbers in ``eval/BENCHMARKS.md``).
+  throughput, state memory (latest numbers in ``BENCHMARKS.md``).
 * :mod:`eval.cli_eval`, :mod:`eval.cli_bench` -- ``lopt eval`` / ``lopt bench``.
 
 Submodules are imported explicitly; importing :mod:`eval` itself is cheap.

@@ -38,14 +38,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
+def _is_main_job(args: argparse.Namespace) -> bool:
+    """``lopt train`` without ``--config`` (and not joining a multi-host run) is the main job:
+    meta-train on the offline default, then compare with Adam (see :mod:`eval.main_job`)."""
+    if args.command != "train" or args.config is not None:
+        return False
+    distributed = (args.distributed, args.coordinator, args.num_processes, args.process_id)
+    return not any(x not in (None, False) for x in distributed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    handler = modules[args.command]
+    if _is_main_job(args):
+        handler = importlib.import_module("eval.main_job")
     try:
-        return int(modules[args.command].main(args) or 0)
+        return int(handler.main(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:  # bad input, not a bug
         if os.environ.get("LOPT_DEBUG"):
             raise

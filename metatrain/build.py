@@ -13,6 +13,7 @@ import optax
 
 from lopt import architectures
 from lopt.base import LearnedOptimizer
+from lopt.mup import for_mup
 from metatrain.config import ConfigError, MetaOptConfig, TaskSpec, TrainConfig
 from metatrain.estimators import ESTIMATORS
 from metatrain.unroll import Augmentation, EpisodeSchedule, Group, Unroller
@@ -42,12 +43,27 @@ def resolve_task(name: str) -> Task:
 
 
 def build_arch(config: TrainConfig) -> LearnedOptimizer:
-    return architectures.get(config.optimizer.arch, **config.optimizer.hparams)
+    """The configured architecture; in the muP mode as :func:`lopt.mup.for_mup` adapts it."""
+    arch = architectures.get(config.optimizer.arch, **config.optimizer.hparams)
+    return for_mup(arch) if config.mup else arch
+
+
+def check_mup_tasks(config: TrainConfig, groups: tuple[Group, ...]) -> None:
+    """In the muP mode every training and validation task must expose ``mup_scales``."""
+    if not config.mup:
+        return
+    tasks = [(f"tasks ({g.task.name})", g.task) for g in groups]
+    if config.validation.every > 0:
+        tasks += [(f"validation.tasks ({name})", resolve_task(name)) for name in config.validation.tasks]
+    for where, task in tasks:
+        if not callable(getattr(task, "mup_scales", None)):
+            raise ConfigError(f"mup: true needs muP tasks (tasks/mup.py, e.g. mup_mlp_family); {where} is not one")
 
 
 def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) -> Unroller:
     arch = build_arch(config) if arch is None else arch
     groups = tuple(g for spec in config.tasks for g in resolve_tasks(spec))
+    check_mup_tasks(config, groups)
     u, e = config.unroll, config.estimator
     schedule = EpisodeSchedule(u.episode, u.episode_length, u.min_episode_length, u.max_episode_length)
     truncation, stagger = u.truncation_length, u.stagger
@@ -64,6 +80,7 @@ def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) ->
         stagger=stagger,
         augment=Augmentation(tuple(u.param_scale_range), tuple(u.loss_scale_range)),
         loss_clip=u.loss_clip,
+        mup=config.mup,
     )
 
 

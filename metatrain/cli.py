@@ -2,7 +2,10 @@
 
     lopt train --config configs/train/smoke.yaml --out runs/smoke --set estimator.std=0.02
 
-Without ``--config`` the built-in defaults are used (the reference setting).
+Without ``--config`` this is the main job: meta-train with the built-in defaults
+(the offline digits default) into ``--out`` (default ``runs/main``), then compare
+the result and the shipped default with Adam on the ``quick`` suite
+(:mod:`eval.main_job`).
 Ctrl-C saves a checkpoint and exits; the same command resumes.
 
 The tasks are split over every visible device. ``--distributed`` joins a
@@ -18,7 +21,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML training config (default: built-in defaults)")
+    parser.add_argument("--config", default=None, help="YAML training config (default: the main job: built-in defaults, then a comparison with Adam)")
     parser.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics, optimizer)")
     parser.add_argument(
         "--set",

@@ -8,6 +8,11 @@ and checked field by field: an unknown key or a value of the wrong type is a
 :class:`ConfigError` naming the dotted key (``estimator.std``), never a deep
 traceback. ``--set key=value`` overrides use the same dotted keys, with the
 value parsed as YAML (``--set unroll.param_scale_range=[0.5,2]``).
+
+``mup: true`` selects the muP mode of :mod:`lopt.mup` (the muLO recipe): the
+architecture runs as ``for_mup(arch)`` and every task's per-layer muP factors
+multiply the optimizer's updates; every training and validation task must then
+be a muP task (``tasks/mup.py``), which :mod:`metatrain.build` checks.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class ValidationConfig:
 class TrainConfig:
     seed: int = 0
     num_outer_steps: int = 2000
+    mup: bool = False  # muP mode (lopt/mup.py): per-layer update factors of muP tasks
     tasks: tuple[TaskSpec, ...] = (TaskSpec(),)
     optimizer: OptimizerConfig = OptimizerConfig()
     unroll: UnrollConfig = UnrollConfig()

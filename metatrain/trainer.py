@@ -299,7 +299,7 @@ def _make_validator(engine: Engine) -> MetaValidator | None:
     if cfg.every <= 0 or not cfg.tasks:
         return None
     tasks = [build.resolve_task(name) for name in cfg.tasks]
-    return MetaValidator(engine.arch, tasks, cfg.num_steps, cfg.num_seeds, engine.config.seed)
+    return MetaValidator(engine.arch, tasks, cfg.num_steps, cfg.num_seeds, engine.config.seed, engine.config.mup)
 
 
 def _export(engine: Engine, meta_params: Any, out: Path, step: int, write: bool = True) -> Any:
@@ -314,6 +314,8 @@ def _export(engine: Engine, meta_params: Any, out: Path, step: int, write: bool 
         "truncation_length": engine.unroller.truncation_length,
         "episode_length": engine.unroller.schedule.longest,
         "seed": config.seed,
+        # Evaluation reads this: a muP-mode optimizer needs each task's muP factors (lopt.mup).
+        "mup": config.mup,
     }
     trained = TrainedOptimizer(engine.arch, jax.device_get(meta_params), metadata)
     if write:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import LearnedOptimizer
+from lopt.mup import update_scales_for
 from tasks.base import Task
 
 
@@ -163,6 +164,7 @@ class Unroller:
     stagger: bool = True
     augment: Augmentation = Augmentation()
     loss_clip: float = 10.0
+    mup: bool = False  # multiply updates by each task's muP factors (lopt.mup)
 
     def __post_init__(self) -> None:
         if self.meta_loss not in ("mean", "valid", "last"):
@@ -186,7 +188,7 @@ class Unroller:
             if self.stagger:
                 frac = jax.random.uniform(k_stagger, (group.num_tasks,))
                 slots = slots.replace(length=jnp.maximum(1, jnp.ceil(frac * slots.length)).astype(jnp.int32))
-            branches = self._init_branches(meta_params, None, params, slots.length)
+            branches = self._init_branches(group, meta_params, None, params, slots.length)
             states.append(GroupState(slots=slots, branches=branches))
         return tuple(states)
 
@@ -206,13 +208,25 @@ class Unroller:
 
         return jax.vmap(one)(keys)
 
-    def _init_branches(self, meta_params, branch_meta, params, lengths) -> Branches:
+    def update_scales(self, group: Group) -> Any | None:
+        """The group's per-leaf muP update factors (Python floats), or None outside the muP mode.
+
+        Shapes only: factors depend on the task's structure, not on its
+        parameter values (so augmentation and hparams do not change them).
+        """
+        if not self.mup:
+            return None
+        shapes = jax.eval_shape(group.task.init, jax.random.PRNGKey(0))
+        return update_scales_for(group.task, shapes)
+
+    def _init_branches(self, group: Group, meta_params, branch_meta, params, lengths) -> Branches:
         """Broadcast each task's params to its branches and init their optimizer states."""
         b = self.num_branches
         bparams = jax.tree.map(lambda p: jnp.repeat(p[:, None], b, axis=1), params)
+        scales = self.update_scales(group)
 
         def per_branch(mp, p, n):
-            return self.arch.init(mp, p, n)
+            return self.arch.init(mp, p, n, scales)
 
         if branch_meta is None:
             inner = jax.vmap(jax.vmap(per_branch, (None, 0, None)), (None, 0, 0))
@@ -263,7 +277,7 @@ class Unroller:
 
         def reset(st: GroupState) -> GroupState:
             slots, params = self._fresh_tasks(group, jax.random.split(k_reset, group.num_tasks))
-            fresh = self._init_branches(meta_params, branch_meta, params, slots.length)
+            fresh = self._init_branches(group, meta_params, branch_meta, params, slots.length)
             pick = lambda new, old: jnp.where(need.reshape(need.shape + (1,) * (old.ndim - 1)), new, old)
             return GroupState(
                 slots=jax.tree.map(pick, slots, st.slots), branches=jax.tree.map(pick, fresh, st.branches)

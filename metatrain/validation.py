@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import LearnedOptimizer
+from lopt.mup import update_scales_for
 from lopt.optax_export import as_optax
 from metatrain.inner_loop import train_task
 from tasks.base import Task
@@ -25,8 +26,11 @@ from tasks.base import Task
 class MetaValidator:
     """Runs the held-out tasks; holds their data and compiled functions."""
 
-    def __init__(self, arch: LearnedOptimizer, tasks: list[Task], num_steps: int, num_seeds: int, seed: int):
+    def __init__(
+        self, arch: LearnedOptimizer, tasks: list[Task], num_steps: int, num_seeds: int, seed: int, mup: bool = False
+    ):
         self.arch = arch
+        self.mup = mup
         self.tasks = tasks
         self.num_steps = num_steps
         self.num_seeds = num_seeds
@@ -40,7 +44,12 @@ class MetaValidator:
         every = max(1, self.num_steps // 4)
 
         def run(meta_params, data, key):
-            tx = as_optax(self.arch, meta_params, self.num_steps) if learned else optax.adam(1e-3)
+            if learned:  # in the muP mode the task's per-layer factors scale the updates, as in training
+                shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+                scales = update_scales_for(task, shapes, enabled=self.mup)
+                tx = as_optax(self.arch, meta_params, self.num_steps, scales)
+            else:
+                tx = optax.adam(1e-3)
 
             def one(k):
                 out = train_task(task, data, tx, k, self.num_steps, eval_every=every, eval_batches=4)
