@@ -4,7 +4,9 @@ Per task, with reporting seeds ``1..N`` and tuning seeds ``0, -1, ...``
 (disjoint, so the tuned learning rate is never scored on a seed that chose it):
 
 1. each learned optimizer, exported through optax with the planned horizon,
-   trains on every reporting seed (one compile, batched over seeds);
+   trains on every reporting seed (one compile, batched over seeds); one in the
+   muP mode (its file's metadata or the suite says ``mup: true``) gets each muP
+   task's per-layer update factors, as in its meta-training (:mod:`lopt.mup`);
 2. Adam's learning rate is tuned: every value of the suite's log grid (which
    always contains the default 1e-3) trains on the tuning seeds in one batched
    call; the value with the lowest mean final training loss wins (first on ties);
@@ -60,6 +62,25 @@ DEFINITIONS = {
 
 class ExportsOptax(Protocol):
     def as_optax(self, num_steps: int) -> optax.GradientTransformationExtraArgs: ...
+
+
+def uses_mup(opt: Any, suite: Suite) -> bool:
+    """Whether ``opt`` runs in the muP mode: the suite says so or its file's metadata does."""
+    return suite.mup or bool(getattr(opt, "metadata", {}).get("mup", False))
+
+
+def learned_optax(opt: ExportsOptax, task: Task, num_steps: int, mup: bool) -> optax.GradientTransformationExtraArgs:
+    """``opt`` as optax for ``task``; in the muP mode with the task's per-layer factors (lopt.mup).
+
+    Tasks without ``mup_scales`` (not muP tasks) get factors of 1, i.e. the
+    optimizer as it runs at its base width.
+    """
+    if not (mup and callable(getattr(task, "mup_scales", None))):
+        return opt.as_optax(num_steps)
+    from lopt.mup import update_scales_for
+
+    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    return opt.as_optax(num_steps, update_scales=update_scales_for(task, shapes))
 
 
 def build_task(spec: TaskSpec) -> Task:
@@ -162,7 +183,8 @@ def evaluate_task(
 
     for name, opt in learned.items():
         t0 = time.perf_counter()
-        curves_by[name] = run_optimizer(task, data, opt.as_optax(num_steps), report_seeds, num_steps, every)
+        tx = learned_optax(opt, task, num_steps, uses_mup(opt, suite))
+        curves_by[name] = run_optimizer(task, data, tx, report_seeds, num_steps, every)
         timing[name] = time.perf_counter() - t0
         tick(f"{spec.display}: {name}")
 
@@ -257,6 +279,7 @@ def evaluate_suite(
         "learned": list(learned),
         "baselines": [ADAM_DEFAULT, ADAM_TUNED] + [b.name for b in suite.baselines],
         "sources": {n: (sources or {}).get(n, n) for n in learned},
+        "mup_mode": {n: uses_mup(opt, suite) for n, opt in learned.items()},
         "protocol": {
             "tuning_seeds": tuning_seeds(suite.tuning_seeds),
             "report_seeds": report_seeds,

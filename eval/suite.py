@@ -18,6 +18,8 @@ Schema (every top-level key but ``tasks`` is optional)::
     tie_rtol: 0.02            # relative tolerance of a tie (see eval.metrics)
     tie_atol: 1.0e-4          # absolute tolerance, in units of the task's loss_scale
     divergence_factor: 10.0   # a run whose loss exceeds this x its initial loss diverged
+    mup: false                # true: every learned optimizer runs in the muP mode (lopt.mup) on muP tasks;
+                              # an optimizer file whose metadata says mup: true runs in it anyway
     baselines:                # extra optax optimizers, fixed hyperparameters
       - {name: sgd_momentum, optax: sgd, kwargs: {learning_rate: 0.1, momentum: 0.9}}
     tasks:
@@ -82,6 +84,7 @@ class Suite:
     tie_atol: float = 1e-4
     divergence_factor: float = 10.0
     baselines: tuple[BaselineSpec, ...] = ()
+    mup: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, stored in every report so results say what produced them."""
@@ -97,6 +100,7 @@ class Suite:
             "tie_rtol": self.tie_rtol,
             "tie_atol": self.tie_atol,
             "divergence_factor": self.divergence_factor,
+            "mup": self.mup,
             "baselines": [{"name": b.name, "optax": b.optax_name, "kwargs": dict(b.kwargs)} for b in self.baselines],
             "tasks": [
                 {"task": t.task, "steps": t.steps, "label": t.display, "overrides": dict(t.overrides)}
@@ -107,7 +111,7 @@ class Suite:
 
 _TOP_KEYS = {
     "name", "description", "seeds", "tuning_seeds", "eval_every", "default_lr", "lr_grid", "speedup_horizon",
-    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks",
+    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks", "mup",
 }
 _TASK_KEYS = {"task", "steps", "label", "overrides", "eval_every"}
 _BASELINE_KEYS = {"name", "optax", "kwargs"}
@@ -170,6 +174,7 @@ def parse_suite(raw: Any, default_name: str = "suite", where: str = "suite") -> 
         tie_rtol=_nonneg(raw.get("tie_rtol", 0.02), "tie_rtol", where),
         tie_atol=_nonneg(raw.get("tie_atol", 1e-4), "tie_atol", where),
         divergence_factor=_positive(raw.get("divergence_factor", 10.0), "divergence_factor", where),
+        mup=_bool(raw.get("mup", False), "mup", where),
         baselines=baselines,
     )
     if suite.speedup_horizon < 1.0:
@@ -251,6 +256,12 @@ def _check_keys(raw: Mapping, allowed: set[str], where: str) -> None:
 
 def _freeze(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
+
+
+def _bool(v: Any, key: str, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise EvalError(f"{where}: key {key!r} must be true or false, got {v!r}")
+    return v
 
 
 def _positive_int(v: Any, key: str, where: str) -> int:

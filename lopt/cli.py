@@ -43,8 +43,8 @@ def _is_main_job(args: argparse.Namespace) -> bool:
     meta-train on the offline default, then compare with Adam (see :mod:`eval.main_job`)."""
     if args.command != "train" or args.config is not None:
         return False
-    distributed = (args.distributed, args.coordinator, args.num_processes, args.process_id)
-    return not any(x not in (None, False) for x in distributed)
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    return not args.distributed and all(x is None for x in flags)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,10 @@ first episode of every task is cut to a uniform fraction of its length, so
 tasks do not reset in lockstep. A task whose loss turns non-finite is reset
 too, so a diverged run cannot keep poisoning the meta-gradient.
 
+muP mode (``Unroller.mup``): every group's optimizer states are initialized
+with the task's per-layer muP update factors (:func:`lopt.mup.update_scales_for`),
+constants computed from shapes at trace time.
+
 All randomness comes from the ``key`` argument (the trainer derives it from
 the seed and the outer step), folded with the inner-step index and the task
 index: the engine is deterministic and its state holds no keys.
