@@ -1,0 +1,65 @@
+"""The weights shipped in the package and the main-job routing of the CLI."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lopt
+from lopt.cli import _is_main_job, build_parser
+
+
+def test_shipped_default_loads_and_descends():
+    assert "default" in lopt.pretrained()
+    opt = lopt.pretrained("default")
+    assert opt.arch.arch == "small_fc"
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(opt.meta_params))
+    assert opt.metadata["recipe"].startswith("lopt train --config configs/train/pretrained_default.yaml")
+
+    target = jnp.array([1.0, -2.0, 0.5])
+    loss_fn = lambda p: jnp.sum((p["x"] - target) ** 2)
+    tx = optax.chain(optax.clip_by_global_norm(10.0), opt.as_optax(num_steps=200))
+    params = {"x": jnp.zeros(3)}
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(200):
+        params, state = step(params, state)
+    assert float(loss_fn(params)) < 0.1 * float(loss_fn({"x": jnp.zeros(3)}))
+
+
+def test_train_without_config_is_the_main_job():
+    parser, _ = build_parser()
+    assert _is_main_job(parser.parse_args(["train"]))
+    assert _is_main_job(parser.parse_args(["train", "--out", "runs/x", "--set", "num_outer_steps=10"]))
+    assert not _is_main_job(parser.parse_args(["train", "--config", "configs/train/smoke.yaml"]))
+    assert not _is_main_job(parser.parse_args(["train", "--distributed"]))
+    assert not _is_main_job(parser.parse_args(["train", "--num-processes", "0"]))
+    assert not _is_main_job(parser.parse_args(["tasks"]))
+
+
+def test_main_job_trains_then_compares(tmp_path):
+    """The main job end to end, shrunk: a few outer steps on quadratics, the smoke suite."""
+    from eval.main_job import run_main_job
+
+    overrides = (
+        "num_outer_steps=3",
+        "tasks=[{name: quadratic, num_tasks: 2}]",
+        "unroll.truncation_length=5",
+        "unroll.episode_length=20",
+        "validation.every=0",
+        "checkpoint_every=3",
+    )
+    report = run_main_job(tmp_path, overrides, progress=False, suite="smoke")
+    assert (tmp_path / "optimizer.safetensors").is_file()
+    for name in ("report.json", "report.md", "summary.png"):
+        assert (tmp_path / "compare" / name).is_file()
+    md = (tmp_path / "compare" / "report.md").read_text()
+    assert "fresh" in md and "shipped_default" in md and "adam_tuned" in md
+    assert report["suite"]["name"] == "smoke"
+    assert set(report["learned"]) == {"fresh", "shipped_default"}
