@@ -58,6 +58,18 @@ class OptState:
     inner: Any
 
 
+def _check_same_structure(grads: Any, params: Any, scales: Any) -> None:
+    """Fail with a readable message (at trace time) when the pytrees disagree."""
+    expected = jax.tree.structure(scales)
+    for what, tree in (("grads", grads), ("params", params)):
+        got = jax.tree.structure(tree)
+        if got != expected:
+            raise OptimizerError(
+                f"{what} pytree does not match the one the optimizer state was built for: "
+                f"got {got}, expected {expected}"
+            )
+
+
 def tree_all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     if not leaves:
@@ -152,6 +164,7 @@ class LearnedOptimizer(abc.ABC):
         loss: jax.Array | float | None = None,
     ) -> tuple[Updates, OptState]:
         """One optimizer step: ``params + updates`` are the new parameters."""
+        _check_same_structure(grads, params, state.scales)
         loss = jnp.zeros((), jnp.float32) if loss is None else jnp.asarray(loss, jnp.float32)
         grads32 = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
         params32 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)

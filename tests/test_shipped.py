@@ -63,3 +63,12 @@ def test_main_job_trains_then_compares(tmp_path):
     assert "fresh" in md and "shipped_default" in md and "adam_tuned" in md
     assert report["suite"]["name"] == "smoke"
     assert set(report["learned"]) == {"fresh", "shipped_default"}
+
+
+def test_mismatched_pytree_is_a_clear_error():
+    import pytest
+
+    opt = lopt.pretrained("default")
+    state = opt.arch.init(opt.meta_params, {"w": jnp.zeros(3)}, num_steps=10)
+    with pytest.raises(lopt.OptimizerError, match="grads pytree does not match"):
+        opt.arch.update(opt.meta_params, state, {"v": jnp.zeros(3)}, {"w": jnp.zeros(3)})
