@@ -77,10 +77,9 @@ def learned_optax(opt: ExportsOptax, task: Task, num_steps: int, mup: bool) -> o
     """
     if not (mup and callable(getattr(task, "mup_scales", None))):
         return opt.as_optax(num_steps)
-    from lopt.mup import update_scales_for
+    from lopt.mup import update_scales_for_task
 
-    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    return opt.as_optax(num_steps, update_scales=update_scales_for(task, shapes))
+    return opt.as_optax(num_steps, update_scales=update_scales_for_task(task))
 
 
 def build_task(spec: TaskSpec) -> Task:

@@ -71,6 +71,18 @@ def update_scales_for(task: Any, params: Any, enabled: bool = True) -> Any | Non
     return check_update_scales(scales_fn(params), params)
 
 
+def update_scales_for_task(task: Any, enabled: bool = True) -> Any | None:
+    """:func:`update_scales_for` from the task's parameter *shapes* (``task.init`` traced, not run).
+
+    muP factors depend only on a task's structure, so this is what meta-training,
+    meta-validation and evaluation all use; ``None`` when not ``enabled``.
+    """
+    if not enabled:
+        return None
+    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    return update_scales_for(task, shapes)
+
+
 def check_update_scales(scales: Any, params: Any) -> Any:
     """Validate a user-given ``update_scales`` pytree: same structure as params, finite positive scalars."""
     if jax.tree.structure(scales) != jax.tree.structure(params):

@@ -21,7 +21,7 @@ tasks do not reset in lockstep. A task whose loss turns non-finite is reset
 too, so a diverged run cannot keep poisoning the meta-gradient.
 
 muP mode (``Unroller.mup``): every group's optimizer states are initialized
-with the task's per-layer muP update factors (:func:`lopt.mup.update_scales_for`),
+with the task's per-layer muP update factors (:func:`lopt.mup.update_scales_for_task`),
 constants computed from shapes at trace time.
 
 All randomness comes from the ``key`` argument (the trainer derives it from
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import LearnedOptimizer
-from lopt.mup import update_scales_for
+from lopt.mup import update_scales_for_task
 from tasks.base import Task
 
 
@@ -213,15 +213,12 @@ class Unroller:
         return jax.vmap(one)(keys)
 
     def update_scales(self, group: Group) -> Any | None:
-        """The group's per-leaf muP update factors (Python floats), or None outside the muP mode.
+        """The group's per-leaf muP update factors (float32 scalars), or None outside the muP mode.
 
         Shapes only: factors depend on the task's structure, not on its
         parameter values (so augmentation and hparams do not change them).
         """
-        if not self.mup:
-            return None
-        shapes = jax.eval_shape(group.task.init, jax.random.PRNGKey(0))
-        return update_scales_for(group.task, shapes)
+        return update_scales_for_task(group.task, enabled=self.mup)
 
     def _init_branches(self, group: Group, meta_params, branch_meta, params, lengths) -> Branches:
         """Broadcast each task's params to its branches and init their optimizer states."""

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import LearnedOptimizer
-from lopt.mup import update_scales_for
+from lopt.mup import update_scales_for_task
 from lopt.optax_export import as_optax
 from metatrain.inner_loop import train_task
 from tasks.base import Task
@@ -45,8 +45,7 @@ class MetaValidator:
 
         def run(meta_params, data, key):
             if learned:  # in the muP mode the task's per-layer factors scale the updates, as in training
-                shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-                scales = update_scales_for(task, shapes, enabled=self.mup)
+                scales = update_scales_for_task(task, enabled=self.mup)
                 tx = as_optax(self.arch, meta_params, self.num_steps, scales)
             else:
                 tx = optax.adam(1e-3)
