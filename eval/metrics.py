@@ -115,8 +115,27 @@ def compare(a: float, b: float, rtol: float, atol: float) -> str:
     return "win" if a < b else "loss"
 
 
+def win_possible(b: float, rtol: float, atol: float) -> bool:
+    """Whether any final loss ``a >= 0`` can be a *win* against baseline loss ``b``.
+
+    A win needs ``b - a > rtol * b + atol``; the best case ``a = 0`` gives
+    ``b * (1 - rtol) > atol``. A baseline that already reached ~0 loss (a
+    memorized training set, an exactly solved quadratic) leaves at best a tie:
+    reports count such tasks so a reader can see the ceiling on wins.
+    """
+    if not math.isfinite(b):
+        return True
+    return b * (1.0 - rtol) > atol
+
+
 def count_outcomes(outcomes: Sequence[str]) -> dict[str, int]:
     return {k: sum(1 for o in outcomes if o == k) for k in ("win", "tie", "loss")}
+
+
+def median(values: Sequence[float]) -> float | None:
+    """Median of the finite values (censored speedups count at their bound); None if none."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.median(v)) if v else None
 
 
 def geometric_mean(values: Sequence[float]) -> float | None:

@@ -106,10 +106,16 @@ def outcome_lines(report: dict) -> list[str]:
     for n in report["learned"]:
         s = report["summary"][n]
         wtl = ", ".join(f"{b}: {c['win']}/{c['tie']}/{c['loss']}" for b, c in s["win_tie_loss"].items())
-        sp = s.get("speedup_geomean")
         lines.append(
-            f"- **{n}** win/tie/loss vs {wtl}; speedup over tuned Adam geometric mean "
-            f"{_fmt(sp, 3)} ({s['speedup_censored']} censored); divergences {s['divergences']}"
+            f"- **{n}** win/tie/loss vs {wtl}; speedup over tuned Adam median {_fmt(s.get('speedup_median'), 3)}, "
+            f"geometric mean {_fmt(s.get('speedup_geomean'), 3)} ({s['speedup_censored']} censored); "
+            f"divergences {s['divergences']}"
+        )
+    saturated = report["summary"].get("no_win_possible", {})
+    if any(saturated.values()):
+        lines.append(
+            "- tasks where a baseline's final loss is within the tie tolerance of 0, so at best a tie: "
+            + ", ".join(f"{b}: {k}" for b, k in saturated.items())
         )
     base_div = report["summary"]["baseline_divergences"]
     lines.append("- baseline divergences: " + ", ".join(f"{b}: {d}" for b, d in base_div.items()))
@@ -148,9 +154,13 @@ def summarize(report: dict) -> dict:
         out[n] = {
             "win_tie_loss": counts,
             "divergences": sum(t["optimizers"][n]["diverged"] for t in report["tasks"]),
+            "speedup_median": metrics.median(speedups),
             "speedup_geomean": metrics.geometric_mean(speedups),
             "speedup_censored": sum(bool(t["speedup"][n]["speedup_censored"]) for t in report["tasks"]),
         }
+    out["no_win_possible"] = {
+        b: sum(not t.get("win_possible", {}).get(b, True) for t in report["tasks"]) for b in report["baselines"]
+    }
     out["baseline_divergences"] = {
         b: sum(t["optimizers"][b]["diverged"] for t in report["tasks"]) for b in report["baselines"]
     }

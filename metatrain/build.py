@@ -48,6 +48,35 @@ def build_arch(config: TrainConfig) -> LearnedOptimizer:
     return for_mup(arch) if config.mup else arch
 
 
+def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | None:
+    """Meta-parameters of ``optimizer.init_from`` (a warm start), or None for a fresh init.
+
+    The file's architecture (name and every hyperparameter) must equal the
+    configured one, and its meta-parameters must have the pytree structure
+    and shapes a fresh init would have: anything else is a ConfigError.
+    """
+    path = config.optimizer.init_from
+    if not path:
+        return None
+    import jax
+    import numpy as np
+
+    from lopt import load
+    from lopt.base import OptimizerError
+
+    try:
+        trained = load(path)
+    except (OSError, OptimizerError) as err:
+        raise ConfigError(f"optimizer.init_from: cannot read {path!r}: {err}") from None
+    if trained.arch != arch:
+        raise ConfigError(f"optimizer.init_from: {path!r} holds {trained.arch!r}, but the config builds {arch!r}")
+    expected = jax.eval_shape(arch.init_meta_params, jax.random.PRNGKey(0))
+    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), trained.meta_params)
+    if jax.tree.structure(expected) != jax.tree.structure(got) or jax.tree.leaves(expected) != jax.tree.leaves(got):
+        raise ConfigError(f"optimizer.init_from: the meta-parameters in {path!r} do not match {arch.arch}'s structure")
+    return jax.tree.map(np.asarray, trained.meta_params)
+
+
 def check_mup_tasks(config: TrainConfig, groups: tuple[Group, ...]) -> None:
     """In the muP mode every training and validation task must expose ``mup_scales``."""
     if not config.mup:
@@ -77,6 +106,7 @@ def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) ->
         schedule=schedule,
         num_branches=1 if e.kind == "backprop" else 2,
         meta_loss=e.meta_loss,
+        loss_transform=e.loss_transform,
         stagger=stagger,
         augment=Augmentation(tuple(u.param_scale_range), tuple(u.loss_scale_range)),
         loss_clip=u.loss_clip,

@@ -48,6 +48,9 @@ class TaskSpec:
 class OptimizerConfig:
     arch: str = "small_fc"
     hparams: dict = dataclasses.field(default_factory=dict)
+    # Warm start: an optimizer file (lopt format) whose meta-parameters replace the
+    # random init; its architecture must equal the configured one. "" = fresh init.
+    init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,7 @@ class EstimatorConfig:
     std: float = 0.01
     sign: bool = False  # full_es only: sign-ES
     meta_loss: str = "mean"  # mean | valid | last
+    loss_transform: str = "identity"  # identity | log: log puts equal weight on every halving of the loss
     nonfinite: str = "clip"  # clip | mask
 
 
@@ -223,6 +227,7 @@ def check(config: TrainConfig) -> None:
         "estimator.kind": (config.estimator.kind, ("pes", "es", "full_es", "backprop")),
         "estimator.meta_loss": (config.estimator.meta_loss, ("mean", "valid", "last")),
         "estimator.nonfinite": (config.estimator.nonfinite, ("clip", "mask")),
+        "estimator.loss_transform": (config.estimator.loss_transform, ("identity", "log")),
         "unroll.episode": (config.unroll.episode, ("constant", "log_uniform")),
         "meta_opt.schedule": (config.meta_opt.schedule, ("constant", "cosine", "warmup_cosine", "linear")),
     }

@@ -62,6 +62,7 @@ class Engine:
     def __init__(self, config: TrainConfig, devices: Sequence[jax.Device] | None = None):
         self.config = config
         self.arch = build.build_arch(config)
+        self.init_meta_params = build.load_init_meta_params(config, self.arch)
         self.unroller = build.build_unroller(config, self.arch)
         self.estimator = build.build_estimator(config, self.unroller)
         self.meta_opt = build.build_meta_optimizer(config)
@@ -95,7 +96,10 @@ class Engine:
         return self._init_fn(self.key_meta, self.key_est)
 
     def _init_state(self, key_meta: jax.Array, key_est: jax.Array) -> dict:
-        meta_params = self.arch.init_meta_params(key_meta)
+        if self.init_meta_params is None:
+            meta_params = self.arch.init_meta_params(key_meta)
+        else:
+            meta_params = jax.tree.map(jnp.asarray, self.init_meta_params)
         return {
             "meta_params": meta_params,
             "opt_state": self.meta_opt.init(meta_params),
@@ -314,6 +318,7 @@ def _export(engine: Engine, meta_params: Any, out: Path, step: int, write: bool 
         "truncation_length": engine.unroller.truncation_length,
         "episode_length": engine.unroller.schedule.longest,
         "seed": config.seed,
+        "init_from": config.optimizer.init_from,
         # Evaluation reads this: a muP-mode optimizer needs each task's muP factors (lopt.mup).
         "mup": config.mup,
     }

@@ -155,6 +155,11 @@ class Trace:
     resets: jax.Array
 
 
+# Added inside the log of the ``log`` meta-loss: losses below ~1e-8 of the
+# task's scale (float32 round-off for most tasks) no longer count as progress.
+LOG_FLOOR = 1e-8
+
+
 @dataclasses.dataclass(frozen=True)
 class Unroller:
     """Static description of the vmapped inner trainings (hashable, jit-static)."""
@@ -165,6 +170,7 @@ class Unroller:
     schedule: EpisodeSchedule = EpisodeSchedule()
     num_branches: int = 2
     meta_loss: str = "mean"
+    loss_transform: str = "identity"  # identity | log (see _meta_loss_terms)
     stagger: bool = True
     augment: Augmentation = Augmentation()
     loss_clip: float = 10.0
@@ -173,6 +179,8 @@ class Unroller:
     def __post_init__(self) -> None:
         if self.meta_loss not in ("mean", "valid", "last"):
             raise MetaTrainError(f"meta_loss {self.meta_loss!r}; valid: mean, valid, last")
+        if self.loss_transform not in ("identity", "log"):
+            raise MetaTrainError(f"loss_transform {self.loss_transform!r}; valid: identity, log")
         if self.num_branches not in (1, 2):
             raise MetaTrainError("num_branches must be 1 (unperturbed) or 2 (antithetic pair)")
         if not self.groups or any(g.num_tasks < 1 for g in self.groups):
@@ -317,8 +325,7 @@ class Unroller:
         keys = jax.random.split(k_batch, group.num_tasks)
         branches, raw = jax.vmap(task_step, (mp_axis, 0, 0, 0))(mp, state.slots, state.branches, keys)
         finite = jnp.isfinite(raw)
-        norm = raw / task.loss_scale
-        loss = jnp.where(finite, jnp.minimum(norm, self.loss_clip), self.loss_clip)
+        loss = self._meta_loss_terms(raw / task.loss_scale, finite)
         # A task with a non-finite loss ends its episode now: it is reset next step.
         diverged = ~jnp.all(finite, axis=1)
         step = jnp.where(diverged, state.slots.length, state.slots.step + 1)
@@ -326,6 +333,21 @@ class Unroller:
         return new_state, pre, Trace(loss=loss, finite=finite, pre=pre, resets=need)
 
     # ------------------------------------------------------------------ meta-loss
+    def _meta_loss_terms(self, norm: jax.Array, finite: jax.Array) -> jax.Array:
+        """Per-step meta-loss terms from losses normalized by the task's ``loss_scale``.
+
+        Non-finite or huge losses count as ``loss_clip``. With ``log`` the term
+        is ``log(loss + LOG_FLOOR)``: a raw mean is dominated by the first
+        steps of an episode (losses of order 1), so it barely rewards driving
+        a loss from 1e-3 to 1e-6; the log gives every halving of the loss the
+        same weight, which is what final-loss comparisons against tuned Adam
+        measure.
+        """
+        clipped = jnp.where(finite, jnp.minimum(norm, self.loss_clip), self.loss_clip)
+        if self.loss_transform == "log":
+            return jnp.log(jnp.maximum(clipped, 0.0) + LOG_FLOOR)
+        return clipped
+
     def step_weights(self) -> jax.Array:
         """(K,) weights turning per-step losses into one truncation meta-loss."""
         k = self.truncation_length

@@ -58,6 +58,10 @@ def test_report_has_every_field(smoke):
     assert on_disk["tasks"][0]["optimizers"]["adam_tuned"]["final_valid_accuracy"] is None  # quadratic: none
     counts = on_disk["summary"][LEARNED]["win_tie_loss"]["adam_tuned"]
     assert sum(counts.values()) == len(on_disk["tasks"])
+    assert on_disk["summary"][LEARNED]["speedup_median"] is not None
+    for task in on_disk["tasks"]:  # win_possible is consistent with the outcome
+        if not task["win_possible"]["adam_tuned"]:
+            assert task["outcomes"][LEARNED]["adam_tuned"] != "win"
     md = (out / "report.md").read_text()
     assert "| quadratic |" in md and "| mlp_digits |" in md and "win/tie/loss" in md
 

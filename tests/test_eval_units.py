@@ -112,3 +112,16 @@ def test_win_tie_loss():
     assert metrics.compare(1.0, INF, 0.02, 0.0) == "win"
     assert metrics.compare(INF, INF, 0.02, 0.0) == "tie"
     assert metrics.count_outcomes(["win", "tie", "win"]) == {"win": 2, "tie": 1, "loss": 0}
+
+
+def test_win_possible_matches_compare_at_zero_loss():
+    """A baseline within the tie tolerance of 0 cannot be beaten; just above it, a = 0 wins."""
+    for b, atol in ((1e-7, 1e-6), (1e-6 / 0.98, 1e-6), (2e-6, 1e-6), (0.5, 0.0), (INF, 1e-6)):
+        assert metrics.win_possible(b, 0.02, atol) == (metrics.compare(0.0, b, 0.02, atol) == "win"), b
+    assert not metrics.win_possible(0.0, 0.02, 0.0)
+
+
+def test_median_and_geometric_mean_skip_missing():
+    assert metrics.median([0.5, None, 2.0, 1.0]) == 1.0
+    assert metrics.median([None]) is None
+    assert abs(metrics.geometric_mean([0.5, 2.0, None]) - 1.0) < 1e-12

@@ -100,6 +100,26 @@ def test_small_fc_with_zero_network_is_adafactor_momentum():
         np.testing.assert_allclose(upd["b"], want_b, rtol=1e-4)
 
 
+def test_small_fc_learned_schedule_decays_to_the_planned_horizon():
+    """``schedule`` weight w on log(1 - fraction + 0.01) scales step t's update by (1 - t/T + 0.01)**w."""
+    plain = architectures.get("small_fc")
+    sched = architectures.get("small_fc", learned_schedule=True)
+    mp = plain.init_meta_params(KEY)
+    w = jnp.zeros((sched.num_schedule_features(),)).at[-1].set(2.0)
+    mp_s = {**mp, "schedule": w}
+    assert jax.tree.structure(sched.init_meta_params(KEY)) == jax.tree.structure(mp_s)
+    params, horizon = tiny_params(), 10
+    s_plain, s_sched = plain.init(mp, params, horizon), sched.init(mp_s, params, horizon)
+    for t in range(horizon + 3):  # past the planned horizon the factor stays at its end value
+        u_plain, s_plain = plain.update(mp, s_plain, grads_at(t), params)
+        u_sched, s_sched = sched.update(mp_s, s_sched, grads_at(t), params)
+        frac = min(t / horizon, 1.0)
+        factor = (1.0 - frac + 0.01) ** 2.0
+        np.testing.assert_allclose(u_sched["w"], factor * np.asarray(u_plain["w"]), rtol=1e-4, atol=1e-12)
+    fresh = sched.init_meta_params(KEY)  # zero schedule weights: the plain optimizer
+    np.testing.assert_array_equal(fresh["schedule"], 0.0)
+
+
 # One mixed pytree for every architecture: list container, scalar, vector,
 # matrix, rank-4 conv kernel, bfloat16 leaf.
 def mixed_params():

@@ -58,8 +58,9 @@ TASK = FixedQuadratic(dim=4, condition=10.0)
 ARCH = LearnedSGD()
 
 
-def make_unroller(num_tasks=NUM_TASKS, episode=EPISODE, truncation=K, branches=2):
+def make_unroller(num_tasks=NUM_TASKS, episode=EPISODE, truncation=K, branches=2, loss_transform="identity"):
     return Unroller(
+        loss_transform=loss_transform,
         arch=ARCH,
         groups=(Group(TASK, num_tasks, sample_hparams=False),),
         truncation_length=truncation,
@@ -194,6 +195,20 @@ def test_backprop_matches_jax_grad_of_the_unroll():
         return sum(losses) / K
 
     np.testing.assert_allclose(float(g2["log_lr"]), float(jax.grad(second)(THETA["log_lr"])), rtol=1e-4)
+
+
+def test_backprop_of_the_log_meta_loss_matches_jax_grad():
+    """``loss_transform: log`` averages log(loss + floor) over the truncation."""
+    from metatrain.unroll import LOG_FLOOR
+
+    def log_objective(theta):
+        return jnp.mean(jnp.log(true_losses(theta, K) + LOG_FLOOR))
+
+    est = Backprop(make_unroller(num_tasks=2, branches=1, loss_transform="log"))
+    g, _, m = jax.jit(est.step)(THETA, est.init(THETA, jax.random.PRNGKey(0)), jax.random.PRNGKey(1), DATA)
+    np.testing.assert_allclose(float(g["log_lr"]), float(jax.grad(log_objective)(THETA["log_lr"])), rtol=1e-4)
+    np.testing.assert_allclose(float(m["meta_loss"]), float(log_objective(THETA["log_lr"])), rtol=1e-5)
+    assert float(m["meta_loss"]) < 0.0  # log of normalized losses below 1: not the identity's value
 
 
 def test_nonfinite_losses_are_masked_and_counted():

@@ -133,3 +133,23 @@ def test_checkpoint_from_another_config_is_refused(setup, tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
         checkpoint.restore_latest(tmp_path, state)
+
+
+def test_init_from_warm_starts_from_an_optimizer_file(setup, tmp_path):
+    """``optimizer.init_from`` replaces the random init; another architecture is a clear error."""
+    from metatrain.config import ConfigError
+
+    base, cfg_path, config, engine, reference = setup
+    from metatrain.trainer import _export
+
+    _export(engine, reference, tmp_path, STEPS)
+    warm = load_config(cfg_path, [f"optimizer.init_from={tmp_path / OPTIMIZER_FILE}"])
+    state = Engine(warm).init_state()
+    assert _leaves_equal(jax.device_get(state["meta_params"]), reference)
+    assert not _leaves_equal(jax.device_get(engine.init_state()["meta_params"]), reference)
+    other = load_config(cfg_path, [f"optimizer.init_from={tmp_path / OPTIMIZER_FILE}", "optimizer.hparams={learning_rate: 0.01}"])
+    with pytest.raises(ConfigError, match="optimizer.init_from: .* holds LearnedAdam"):
+        Engine(other)
+    missing = load_config(cfg_path, [f"optimizer.init_from={tmp_path / 'nope.safetensors'}"])
+    with pytest.raises(ConfigError, match="optimizer.init_from: cannot read"):
+        Engine(missing)

@@ -17,6 +17,16 @@ magnitude ``s``; the update is ``d * exp(s * exp_scale) * step_scale *
 exp(log_lr)``. With small ``exp_scale`` and ``step_scale`` (1e-3) a fresh
 optimizer takes small steps.
 
+With ``learned_schedule`` (used by the shipped default) the learning rate is
+also multiplied by ``exp(w . s)`` where ``s`` are step features: the fraction
+of the planned run done, ``log(1 - fraction + 0.01)`` (so ``w`` on it gives a
+polynomial decay ``(1 - fraction)**w`` to the end of the planned horizon),
+the tanh clocks (warm-up) and the loss feature. The direction network alone
+cannot do this: its output is *added* to the skip term, so it can bend the
+update but not scale the whole step down towards the end of a run, which is
+where a constant-learning-rate baseline leaves loss on the table. ``w``
+starts at zero: a fresh optimizer is unchanged.
+
 Why the skip connection: the direction also gets a learned linear function of
 the features (``skip``), initialised to ``-1`` on the factored-preconditioned
 0.9-momentum and the last layer starts near zero, so a *fresh* ``small_fc`` is
@@ -43,6 +53,7 @@ from lopt.base import LearnedOptimizer, OptState
 
 NUM_FEATURES = 9  # see module docstring; index 5 is m[0] * rsqrt(v_factored)
 LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
+SCHEDULE_FLOOR = 0.01  # the decay feature is log(1 - fraction + SCHEDULE_FLOOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +70,22 @@ class SmallFC(LearnedOptimizer):
     exp_scale: float = 1e-3
     step_scale: float = 1e-3
     eps: float = 1e-16  # added to second moments inside rsqrt
+    learned_schedule: bool = False  # scale the learning rate by exp(w . step features), see above
 
     # ---------------------------------------------------------------- meta-params
     def num_scalar_features(self) -> int:
         return 1 + len(self.timescales) + 1  # fraction done, clocks, loss change
 
+    def num_schedule_features(self) -> int:
+        return self.num_scalar_features() + 1  # the scalar features and log(1 - fraction + 0.01)
+
     def init_meta_params(self, key: jax.Array) -> dict[str, Any]:
         k1, k2, k3, k4 = jax.random.split(key, 4)
         h = self.hidden
         skip = jnp.zeros((NUM_FEATURES,), jnp.float32).at[5].set(-1.0)
+        schedule = {"schedule": jnp.zeros((self.num_schedule_features(),), jnp.float32)} if self.learned_schedule else {}
         return {
+            **schedule,
             "decays": {
                 "momentum_logits": jnp.asarray([ft.logit(d) for d in self.momentum_decays], jnp.float32),
                 "second_moment_logit": jnp.asarray(ft.logit(self.second_moment_decay), jnp.float32),
@@ -179,7 +196,12 @@ class SmallFC(LearnedOptimizer):
         h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
         direction, magnitude = ft.dense_elementwise(h2, mp["out"]["w"], mp["out"]["b"])
         direction = direction + sum(mp["skip"][f] * x for f, x in enumerate(feats))
-        lr = self.step_scale * jnp.exp(mp["log_lr"])
+        log_lr = mp["log_lr"]
+        if self.learned_schedule:
+            frac = jnp.clip(scalars[0], 0.0, 1.0)  # past the planned horizon: stay at the end value
+            sched = jnp.concatenate([scalars, jnp.log(1.0 - frac + SCHEDULE_FLOOR)[None]])
+            log_lr = log_lr + sched @ mp["schedule"]
+        lr = self.step_scale * jnp.exp(log_lr)
         if scaled:  # per-leaf muP scales, broadcast to the flat layout
             s_leaves = treedef.flatten_up_to(state.scales)
             scale = jnp.concatenate([jnp.broadcast_to(s, (n,)) for s, n in zip(s_leaves, sizes)]) if sizes else 1.0
