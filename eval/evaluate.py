@@ -67,7 +67,9 @@ class ExportsOptax(Protocol):
 
 def uses_mup(opt: Any, suite: Suite) -> bool:
     """Whether ``opt`` runs in the muP mode: the suite says so or its file's metadata does."""
-    return suite.mup or bool(getattr(opt, "metadata", {}).get("mup", False))
+    from lopt.mup import mup_enabled
+
+    return suite.mup or mup_enabled(getattr(opt, "metadata", {}))
 
 
 def learned_optax(opt: ExportsOptax, task: Task, num_steps: int, mup: bool) -> optax.GradientTransformationExtraArgs:

@@ -49,7 +49,11 @@ RMS_SCALING_FIELD = "scale_by_param_rms"
 
 
 def mup_enabled(config: Mapping[str, Any]) -> bool:
-    """Whether a (parsed YAML) config selects the muP mode; a non-boolean value is an error."""
+    """Whether a config or an optimizer file's metadata selects the muP mode; a non-boolean value is an error.
+
+    Evaluation reads a saved optimizer's metadata with it: an optimizer
+    meta-trained in the muP mode must be run with each task's muP factors.
+    """
     value = config.get(CONFIG_KEY, False)
     if not isinstance(value, bool):
         raise OptimizerError(f"config key {CONFIG_KEY!r} must be true or false, got {value!r}")
