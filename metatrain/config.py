@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from metatrain.unroll import MetaTrainError
+from metatrain.unroll import LOSS_TRANSFORMS, META_LOSSES, MetaTrainError
 
 
 class ConfigError(MetaTrainError):
@@ -225,9 +225,9 @@ def check(config: TrainConfig) -> None:
     """Value checks beyond types (positive sizes, known choices)."""
     choices = {
         "estimator.kind": (config.estimator.kind, ("pes", "es", "full_es", "backprop")),
-        "estimator.meta_loss": (config.estimator.meta_loss, ("mean", "valid", "last")),
+        "estimator.meta_loss": (config.estimator.meta_loss, META_LOSSES),
         "estimator.nonfinite": (config.estimator.nonfinite, ("clip", "mask")),
-        "estimator.loss_transform": (config.estimator.loss_transform, ("identity", "log")),
+        "estimator.loss_transform": (config.estimator.loss_transform, LOSS_TRANSFORMS),
         "unroll.episode": (config.unroll.episode, ("constant", "log_uniform")),
         "meta_opt.schedule": (config.meta_opt.schedule, ("constant", "cosine", "warmup_cosine", "linear")),
     }

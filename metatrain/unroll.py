@@ -158,6 +158,8 @@ class Trace:
 # Added inside the log of the ``log`` meta-loss: losses below ~1e-8 of the
 # task's scale (float32 round-off for most tasks) no longer count as progress.
 LOG_FLOOR = 1e-8
+META_LOSSES = ("mean", "valid", "last")  # which losses of a truncation form its meta-loss
+LOSS_TRANSFORMS = ("identity", "log")  # applied to each normalized loss first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +179,10 @@ class Unroller:
     mup: bool = False  # multiply updates by each task's muP factors (lopt.mup)
 
     def __post_init__(self) -> None:
-        if self.meta_loss not in ("mean", "valid", "last"):
-            raise MetaTrainError(f"meta_loss {self.meta_loss!r}; valid: mean, valid, last")
-        if self.loss_transform not in ("identity", "log"):
-            raise MetaTrainError(f"loss_transform {self.loss_transform!r}; valid: identity, log")
+        if self.meta_loss not in META_LOSSES:
+            raise MetaTrainError(f"meta_loss {self.meta_loss!r}; valid: {', '.join(META_LOSSES)}")
+        if self.loss_transform not in LOSS_TRANSFORMS:
+            raise MetaTrainError(f"loss_transform {self.loss_transform!r}; valid: {', '.join(LOSS_TRANSFORMS)}")
         if self.num_branches not in (1, 2):
             raise MetaTrainError("num_branches must be 1 (unperturbed) or 2 (antithetic pair)")
         if not self.groups or any(g.num_tasks < 1 for g in self.groups):
