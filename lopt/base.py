@@ -82,6 +82,11 @@ class LearnedOptimizer(abc.ABC):
     """Base class of learned-optimizer architectures (see module docstring)."""
 
     arch: ClassVar[str] = "base"
+    # Options that only *add* meta-parameters (which start as a no-op), so a
+    # trained optimizer can be extended by them: a later meta-training stage
+    # loads the trained tensors and trains the added ones too (metatrain's
+    # ``optimizer.init_from_partial``).
+    extension_options: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------ subclass API
     @abc.abstractmethod

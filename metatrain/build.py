@@ -7,6 +7,7 @@ meta-optimizer from one config.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optax
@@ -51,10 +52,18 @@ def build_arch(config: TrainConfig) -> LearnedOptimizer:
 def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | None:
     """Meta-parameters of ``optimizer.init_from`` (a warm start), or None for a fresh init.
 
-    The file's architecture (name and every hyperparameter) must equal the
-    configured one, else a ConfigError. Structure and shapes need no second
-    check here: :func:`lopt.load` already rebuilds the meta-parameters
+    By default the file's architecture (name and every hyperparameter) must
+    equal the configured one, else a ConfigError. Structure and shapes need no
+    second check then: :func:`lopt.load` already rebuilds the meta-parameters
     against the file's architecture and refuses any mismatch.
+
+    With ``optimizer.init_from_partial`` the configured architecture may
+    differ from the file's in the options its class lists in
+    ``extension_options`` (e.g. ``small_fc``'s ``learned_schedule``), which
+    only *add* meta-parameters: the file's tensors are then placed into a fresh
+    init by :func:`overlay_meta_params` and the added ones keep their fresh
+    (no-op) values. This is how a later stage of a recipe adds a component to
+    an already trained optimizer without starting over.
     """
     path = config.optimizer.init_from
     if not path:
@@ -69,9 +78,45 @@ def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | 
         trained = load(path)
     except (OSError, OptimizerError) as err:
         raise ConfigError(f"optimizer.init_from: cannot read {path!r}: {err}") from None
-    if trained.arch != arch:
+    if config.optimizer.init_from_partial:
+        extensible = getattr(type(arch), "extension_options", ())
+        if type(trained.arch) is not type(arch) or any(
+            getattr(trained.arch, f.name) != getattr(arch, f.name)
+            for f in dataclasses.fields(arch)
+            if f.name not in extensible
+        ):
+            raise ConfigError(
+                f"optimizer.init_from: {path!r} holds {trained.arch!r}; with init_from_partial the config's "
+                f"{arch!r} may differ from it only in {', '.join(extensible) or '(no options of this architecture)'}"
+            )
+    elif trained.arch != arch:
         raise ConfigError(f"optimizer.init_from: {path!r} holds {trained.arch!r}, but the config builds {arch!r}")
     return jax.tree.map(np.asarray, trained.meta_params)
+
+
+def overlay_meta_params(fresh: Any, loaded: Any, where: str = "meta_params") -> Any:
+    """``fresh`` with every tensor that ``loaded`` holds replaced by the loaded one.
+
+    Both are nested dicts of arrays (the plain meta-parameter pytree). Every
+    key of ``loaded`` must exist in ``fresh`` with the same shape (a clear
+    ConfigError names the first that does not); keys only ``fresh`` has keep
+    their fresh values. With equal structures the result is ``loaded``.
+    """
+    import numpy as np
+
+    if isinstance(loaded, dict):
+        if not isinstance(fresh, dict):
+            raise ConfigError(f"optimizer.init_from: {where} is a tensor in the configured architecture, a group in the file")
+        missing = sorted(set(loaded) - set(fresh))
+        if missing:
+            raise ConfigError(f"optimizer.init_from: {where} has no {missing[0]!r} in the configured architecture")
+        return {k: overlay_meta_params(v, loaded[k], f"{where}.{k}") if k in loaded else v for k, v in fresh.items()}
+    if isinstance(fresh, dict) or np.shape(fresh) != np.shape(loaded):
+        raise ConfigError(
+            f"optimizer.init_from: {where} has shape {np.shape(loaded)} in the file, "
+            f"{'a group' if isinstance(fresh, dict) else np.shape(fresh)} in the configured architecture"
+        )
+    return loaded
 
 
 def check_mup_tasks(config: TrainConfig, groups: tuple[Group, ...]) -> None:
@@ -104,6 +149,7 @@ def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) ->
         num_branches=1 if e.kind == "backprop" else 2,
         meta_loss=e.meta_loss,
         loss_transform=e.loss_transform,
+        progress_weight=e.progress_weight,
         stagger=stagger,
         augment=Augmentation(tuple(u.param_scale_range), tuple(u.loss_scale_range)),
         loss_clip=u.loss_clip,

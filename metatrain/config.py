@@ -51,6 +51,10 @@ class OptimizerConfig:
     # Warm start: an optimizer file (lopt format) whose meta-parameters replace the
     # random init; its architecture must equal the configured one. "" = fresh init.
     init_from: str = ""
+    # Let the configured architecture add meta-parameters to the file's (options
+    # listed in the architecture's extension_options, e.g. small_fc's
+    # learned_schedule); the added ones start fresh. See build.load_init_meta_params.
+    init_from_partial: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,7 @@ class EstimatorConfig:
     sign: bool = False  # full_es only: sign-ES
     meta_loss: str = "mean"  # mean | valid | last
     loss_transform: str = "identity"  # identity | log: log puts equal weight on every halving of the loss
+    progress_weight: float = 0.0  # >= 0: the last step of an episode weighs 1 + this times its first
     nonfinite: str = "clip"  # clip | mask
 
 
@@ -254,6 +259,8 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("tasks: need at least one task")
     if config.estimator.std <= 0:
         raise ConfigError(f"estimator.std: must be > 0, got {config.estimator.std}")
+    if not config.estimator.progress_weight >= 0:
+        raise ConfigError(f"estimator.progress_weight: must be >= 0, got {config.estimator.progress_weight}")
     if config.unroll.max_episode_length < config.unroll.min_episode_length:
         raise ConfigError("unroll.max_episode_length: must be >= unroll.min_episode_length")
     for key in ("param_scale_range", "loss_scale_range"):

@@ -62,7 +62,6 @@ class Engine:
     def __init__(self, config: TrainConfig, devices: Sequence[jax.Device] | None = None):
         self.config = config
         self.arch = build.build_arch(config)
-        self.init_meta_params = build.load_init_meta_params(config, self.arch)
         self.unroller = build.build_unroller(config, self.arch)
         self.estimator = build.build_estimator(config, self.unroller)
         self.meta_opt = build.build_meta_optimizer(config)
@@ -76,8 +75,11 @@ class Engine:
         root = jax.random.PRNGKey(config.seed)
         self.key_meta, self.key_est, self.key_steps = jax.random.split(root, 3)
         sizes = [g.num_tasks for g in self.unroller.groups]
-        shapes = jax.eval_shape(self._init_state, self.key_meta, self.key_est)
-        self.state_shardings = self.mesh.state_shardings(shapes, sizes)
+        # A warm start (optimizer.init_from) has the fresh init's structure and
+        # shapes (build.overlay_meta_params), so the layout is known without
+        # reading its file: a resumed run never needs it.
+        self.state_shapes = jax.eval_shape(self._init_state, self.key_meta, self.key_est)
+        self.state_shardings = self.mesh.state_shardings(self.state_shapes, sizes)
         self.step_fn = jax.jit(
             self._outer_step,
             in_shardings=(self.state_shardings, rep, rep),
@@ -92,14 +94,18 @@ class Engine:
         return u.truncation_length * u.num_tasks * u.num_branches
 
     def init_state(self) -> dict:
-        """The state before outer step 0 (one jitted call: no op-by-op dispatch)."""
-        return self._init_fn(self.key_meta, self.key_est)
+        """The state before outer step 0 (one jitted call: no op-by-op dispatch).
 
-    def _init_state(self, key_meta: jax.Array, key_est: jax.Array) -> dict:
-        if self.init_meta_params is None:
-            meta_params = self.arch.init_meta_params(key_meta)
-        else:
-            meta_params = jax.tree.map(jnp.asarray, self.init_meta_params)
+        With ``optimizer.init_from`` this reads and checks that file (a clear
+        ConfigError if it is missing, corrupted or another architecture).
+        """
+        warm = build.load_init_meta_params(self.config, self.arch)
+        return self._init_fn(self.key_meta, self.key_est, warm)
+
+    def _init_state(self, key_meta: jax.Array, key_est: jax.Array, warm: Any = None) -> dict:
+        meta_params = self.arch.init_meta_params(key_meta)
+        if warm is not None:
+            meta_params = build.overlay_meta_params(meta_params, warm)
         return {
             "meta_params": meta_params,
             "opt_state": self.meta_opt.init(meta_params),
@@ -210,10 +216,11 @@ def train(
         engine = Engine(config)
     elif engine.config != config:
         raise ValueError("train: the engine passed was built for a different config")
-    state = engine.init_state()
     start = 0
-    restored = checkpoint.restore_latest(out, state)
-    if restored is not None:
+    restored = checkpoint.restore_latest(out, engine.state_shapes)
+    if restored is None:
+        state = engine.init_state()
+    else:
         host_state, info = restored
         state = engine.place(host_state)
         start = int(info["step"])

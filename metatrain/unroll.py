@@ -173,6 +173,7 @@ class Unroller:
     num_branches: int = 2
     meta_loss: str = "mean"
     loss_transform: str = "identity"  # identity | log (see _meta_loss_terms)
+    progress_weight: float = 0.0  # weight later steps of an episode more (see _progress_weights)
     stagger: bool = True
     augment: Augmentation = Augmentation()
     loss_clip: float = 10.0
@@ -183,6 +184,8 @@ class Unroller:
             raise MetaTrainError(f"meta_loss {self.meta_loss!r}; valid: {', '.join(META_LOSSES)}")
         if self.loss_transform not in LOSS_TRANSFORMS:
             raise MetaTrainError(f"loss_transform {self.loss_transform!r}; valid: {', '.join(LOSS_TRANSFORMS)}")
+        if not self.progress_weight >= 0.0:
+            raise MetaTrainError(f"progress_weight must be >= 0, got {self.progress_weight}")
         if self.num_branches not in (1, 2):
             raise MetaTrainError("num_branches must be 1 (unperturbed) or 2 (antithetic pair)")
         if not self.groups or any(g.num_tasks < 1 for g in self.groups):
@@ -328,6 +331,8 @@ class Unroller:
         branches, raw = jax.vmap(task_step, (mp_axis, 0, 0, 0))(mp, state.slots, state.branches, keys)
         finite = jnp.isfinite(raw)
         loss = self._meta_loss_terms(raw / task.loss_scale, finite)
+        if self.progress_weight:
+            loss = loss * self._progress_weights(state.slots)[:, None]
         # A task with a non-finite loss ends its episode now: it is reset next step.
         diverged = ~jnp.all(finite, axis=1)
         step = jnp.where(diverged, state.slots.length, state.slots.step + 1)
@@ -349,6 +354,21 @@ class Unroller:
         if self.loss_transform == "log":
             return jnp.log(jnp.maximum(clipped, 0.0) + LOG_FLOOR)
         return clipped
+
+    def _progress_weights(self, slots: TaskSlots) -> jax.Array:
+        """(N,) weight of this step's meta-loss term: ``(1 + a f) / (1 + a / 2)``.
+
+        ``f = step / length`` is how far each task is through its episode and
+        ``a`` is ``progress_weight``. Evaluations compare *final* losses, but a
+        plain mean over an episode weights its first steps, where every
+        optimizer is far from converged, as much as its last: with ``a > 0`` the
+        end of an episode counts up to ``1 + a`` times its start while the
+        weights still average 1 over an episode (so meta-learning rates and
+        logged meta-losses keep their scale).
+        """
+        a = self.progress_weight
+        frac = slots.step.astype(jnp.float32) / jnp.maximum(slots.length, 1).astype(jnp.float32)
+        return (1.0 + a * frac) / (1.0 + 0.5 * a)
 
     def step_weights(self) -> jax.Array:
         """(K,) weights turning per-step losses into one truncation meta-loss."""

@@ -100,6 +100,14 @@ def test_small_fc_with_zero_network_is_adafactor_momentum():
         np.testing.assert_allclose(upd["b"], want_b, rtol=1e-4)
 
 
+def test_small_fc_schedule_decay_init_is_the_decay_weight_of_a_fresh_schedule():
+    arch = architectures.get("small_fc", learned_schedule=True, schedule_decay_init=0.75)
+    w = np.asarray(arch.init_meta_params(KEY)["schedule"])
+    np.testing.assert_array_equal(w, np.r_[np.zeros(w.size - 1), 0.75].astype(np.float32))
+    with pytest.raises(OptimizerError, match="needs learned_schedule"):
+        architectures.get("small_fc", schedule_decay_init=0.75)
+
+
 def test_small_fc_learned_schedule_decays_to_the_planned_horizon():
     """``schedule`` weight w on log(1 - fraction + 0.01) scales step t's update by (1 - t/T + 0.01)**w."""
     plain = architectures.get("small_fc")

@@ -58,9 +58,12 @@ TASK = FixedQuadratic(dim=4, condition=10.0)
 ARCH = LearnedSGD()
 
 
-def make_unroller(num_tasks=NUM_TASKS, episode=EPISODE, truncation=K, branches=2, loss_transform="identity"):
+def make_unroller(
+    num_tasks=NUM_TASKS, episode=EPISODE, truncation=K, branches=2, loss_transform="identity", progress_weight=0.0
+):
     return Unroller(
         loss_transform=loss_transform,
+        progress_weight=progress_weight,
         arch=ARCH,
         groups=(Group(TASK, num_tasks, sample_hparams=False),),
         truncation_length=truncation,
@@ -209,6 +212,25 @@ def test_backprop_of_the_log_meta_loss_matches_jax_grad():
     np.testing.assert_allclose(float(g["log_lr"]), float(jax.grad(log_objective)(THETA["log_lr"])), rtol=1e-4)
     np.testing.assert_allclose(float(m["meta_loss"]), float(log_objective(THETA["log_lr"])), rtol=1e-5)
     assert float(m["meta_loss"]) < 0.0  # log of normalized losses below 1: not the identity's value
+
+
+def test_backprop_of_the_progress_weighted_meta_loss_matches_jax_grad():
+    """``progress_weight: a`` weighs step t of an episode of length E by (1 + a t / E) / (1 + a / 2)."""
+    a = 3.0
+
+    def weighted_objective(theta):
+        t = jnp.arange(EPISODE, dtype=jnp.float32)
+        weights = (1.0 + a * t / EPISODE) / (1.0 + 0.5 * a)
+        return jnp.mean(weights * true_losses(theta, EPISODE))
+
+    # One truncation is one whole episode, so the meta-loss is the weighted episode mean.
+    est = Backprop(make_unroller(num_tasks=2, truncation=EPISODE, branches=1, progress_weight=a))
+    g, _, m = jax.jit(est.step)(THETA, est.init(THETA, jax.random.PRNGKey(0)), jax.random.PRNGKey(1), DATA)
+    np.testing.assert_allclose(float(m["meta_loss"]), float(weighted_objective(THETA["log_lr"])), rtol=1e-5)
+    np.testing.assert_allclose(float(g["log_lr"]), float(jax.grad(weighted_objective)(THETA["log_lr"])), rtol=1e-4)
+    plain = Backprop(make_unroller(num_tasks=2, truncation=EPISODE, branches=1))
+    _, _, m_plain = jax.jit(plain.step)(THETA, plain.init(THETA, jax.random.PRNGKey(0)), jax.random.PRNGKey(1), DATA)
+    assert abs(float(m_plain["meta_loss"]) - float(m["meta_loss"])) > 1e-3  # the weights changed the objective
 
 
 def test_nonfinite_losses_are_masked_and_counted():

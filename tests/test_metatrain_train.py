@@ -149,7 +149,28 @@ def test_init_from_warm_starts_from_an_optimizer_file(setup, tmp_path):
     assert not _leaves_equal(jax.device_get(engine.init_state()["meta_params"]), reference)
     other = load_config(cfg_path, [f"optimizer.init_from={tmp_path / OPTIMIZER_FILE}", "optimizer.hparams={learning_rate: 0.01}"])
     with pytest.raises(ConfigError, match="optimizer.init_from: .* holds LearnedAdam"):
-        Engine(other)
+        Engine(other).init_state()
     missing = load_config(cfg_path, [f"optimizer.init_from={tmp_path / 'nope.safetensors'}"])
     with pytest.raises(ConfigError, match="optimizer.init_from: cannot read"):
-        Engine(missing)
+        Engine(missing).init_state()
+
+
+def test_a_resumed_warm_start_does_not_need_its_init_file(setup, tmp_path):
+    """Once a warm-started run has a checkpoint, its ``init_from`` file may be gone."""
+    import shutil
+
+    from metatrain.config import ConfigError
+    from metatrain.trainer import _export
+
+    base, cfg_path, config, engine, reference = setup
+    _export(engine, reference, tmp_path, STEPS)
+    init = tmp_path / "stage_before.safetensors"
+    shutil.move(tmp_path / OPTIMIZER_FILE, init)
+    warm = load_config(cfg_path, [f"optimizer.init_from={init}"])
+    warm_engine = Engine(warm)
+    first = train(warm, tmp_path / "run", progress=False, engine=warm_engine)
+    init.unlink()
+    again = train(warm, tmp_path / "run", progress=False, engine=warm_engine)  # resumes at the end: no init read
+    assert _leaves_equal(again.meta_params, first.meta_params)
+    with pytest.raises(ConfigError, match="optimizer.init_from: cannot read"):
+        train(warm, tmp_path / "fresh_run", progress=False, engine=warm_engine)
