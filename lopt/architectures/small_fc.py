@@ -17,8 +17,8 @@ magnitude ``s``; the update is ``d * exp(s * exp_scale) * step_scale *
 exp(log_lr)``. With small ``exp_scale`` and ``step_scale`` (1e-3) a fresh
 optimizer takes small steps.
 
-With ``learned_schedule`` (off by default and in the shipped weights;
-BENCHMARKS.md has what it gave) the learning rate is also multiplied by
+With ``learned_schedule`` (off by default, on in the shipped ``default``
+weights; BENCHMARKS.md has what it gave) the learning rate is also multiplied by
 ``exp(w . s)`` where ``s`` are step features: the fraction of the planned
 run done, ``log(1 - fraction + 0.01)`` (so ``w`` on it gives a
 polynomial decay ``(1 - fraction)**w`` to the end of the planned horizon),
