@@ -72,9 +72,14 @@ def check_names(models: tuple[str, ...], architectures: tuple[str, ...] | None) 
     for m in models:
         if m not in task_names():
             raise EvalError(f"unknown model {m!r}; valid tasks: {', '.join(task_names())}")
+    import lopt
+    from eval.bench_step import PRETRAINED_PREFIX
+
+    shipped = [f"{PRETRAINED_PREFIX}{n}" for n in lopt.pretrained()]
     for a in architectures or ():
-        if a not in archs.names():
-            raise EvalError(f"unknown architecture {a!r}; valid architectures: {', '.join(archs.names())}")
+        if a not in archs.names() and a not in shipped:
+            valid = ", ".join([*archs.names(), *shipped])
+            raise EvalError(f"unknown architecture {a!r}; valid: {valid}")
 
 
 def machine_info() -> dict[str, Any]:

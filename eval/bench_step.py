@@ -24,6 +24,7 @@ import optax
 from tasks.base import Task
 
 REFERENCE_MODELS = ("mlp_digits", "cnn_digits", "char_lm")
+PRETRAINED_PREFIX = "pretrained:"  # --architectures pretrained:NAME measures a shipped optimizer
 
 
 def scanned_training(task: Task, tx: optax.GradientTransformation, num_steps: int) -> Callable:
@@ -56,13 +57,21 @@ def learned_txs(num_steps: int, architectures: list[str] | None = None) -> dict[
     """Each architecture at its default hyperparameters and fresh meta-parameters, exported through optax.
 
     Fresh weights cost the same as trained ones: step time depends on the
-    architecture, not on the values of its meta-parameters.
+    architecture, not on the values of its meta-parameters. A name
+    ``pretrained:NAME`` is a shipped optimizer with its own options (the
+    ``default`` one turns on the schedule and centering, which cost time);
+    without a selection every architecture and ``pretrained:default`` are
+    measured.
     """
+    import lopt
     from lopt import architectures as archs
     from lopt.optax_export import as_optax
 
     out = {}
-    for name in architectures or archs.names():
+    for name in architectures or [*archs.names(), f"{PRETRAINED_PREFIX}default"]:
+        if name.startswith(PRETRAINED_PREFIX):
+            out[name] = lopt.pretrained(name[len(PRETRAINED_PREFIX) :]).as_optax(num_steps)
+            continue
         arch = archs.get(name)
         out[name] = as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), num_steps)
     return out

@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None, help="comma-separated parts: step_time,throughput,memory (default: all)")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run (one model, few steps)")
     parser.add_argument("--models", default=None, help="comma-separated task names (default: mlp_digits,cnn_digits,char_lm)")
-    parser.add_argument("--architectures", default=None, help="comma-separated architectures (default: all)")
+    parser.add_argument(
+        "--architectures",
+        default=None,
+        help="comma-separated architectures, or pretrained:NAME for a shipped optimizer "
+        "(default: all architectures and pretrained:default)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps per timed scan (default 1000; quick 50)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats, best kept (default 3; quick 2)")
     parser.add_argument("--outer-steps", type=int, default=None, help="meta-training steps timed (default 20; quick 3)")

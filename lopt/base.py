@@ -82,10 +82,10 @@ class LearnedOptimizer(abc.ABC):
     """Base class of learned-optimizer architectures (see module docstring)."""
 
     arch: ClassVar[str] = "base"
-    # Options that only *add* meta-parameters (which start as a no-op), so a
-    # trained optimizer can be extended by them: a later meta-training stage
-    # loads the trained tensors and trains the added ones too (metatrain's
-    # ``optimizer.init_from_partial``).
+    # Options a later meta-training stage may turn on while keeping every
+    # trained tensor (metatrain's ``optimizer.init_from_partial``): they add
+    # meta-parameters that start fresh, or use the same tensors differently
+    # (small_fc's ``centered``), and never change a tensor's shape.
     extension_options: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------ subclass API

@@ -59,11 +59,12 @@ def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | 
 
     With ``optimizer.init_from_partial`` the configured architecture may
     differ from the file's in the options its class lists in
-    ``extension_options`` (e.g. ``small_fc``'s ``learned_schedule``), which
-    only *add* meta-parameters: the file's tensors are then placed into a fresh
-    init by :func:`overlay_meta_params` and the added ones keep their fresh
-    (no-op) values. This is how a later stage of a recipe adds a component to
-    an already trained optimizer without starting over.
+    ``extension_options`` (e.g. ``small_fc``'s ``learned_schedule``, which
+    adds meta-parameters, or ``centered``, which uses the same ones
+    differently): the file's tensors are then placed into a fresh init by
+    :func:`overlay_meta_params` and any added ones keep their fresh values.
+    This is how a later stage of a recipe changes an already trained optimizer
+    without starting over.
     """
     path = config.optimizer.init_from
     if not path:

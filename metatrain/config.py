@@ -51,9 +51,10 @@ class OptimizerConfig:
     # Warm start: an optimizer file (lopt format) whose meta-parameters replace the
     # random init; its architecture must equal the configured one. "" = fresh init.
     init_from: str = ""
-    # Let the configured architecture add meta-parameters to the file's (options
-    # listed in the architecture's extension_options, e.g. small_fc's
-    # learned_schedule); the added ones start fresh. See build.load_init_meta_params.
+    # Let the configured architecture differ from the file's in the options its
+    # class lists in extension_options (small_fc: learned_schedule,
+    # schedule_decay_init, centered); added tensors start fresh. See
+    # build.load_init_meta_params.
     init_from_partial: bool = False
 
 

@@ -207,3 +207,25 @@ def test_state_bytes_small_fc_at_most_two_and_a_half_adam():
     ours = nbytes(jax.eval_shape(lambda p: arch.init(arch.init_meta_params(KEY), p, 10), params))
     adam = nbytes(jax.eval_shape(optax.adam(1e-3).init, params))
     assert ours <= 2.5 * adam, (ours / n, adam / n)
+
+
+def test_small_fc_centered_subtracts_the_update_made_without_gradient_information():
+    """``centered``: zero gradients (and momenta) move nothing; otherwise plain minus that drift."""
+    plain = architectures.get("small_fc", learned_schedule=True)
+    centered = architectures.get("small_fc", learned_schedule=True, centered=True)
+    mp = plain.init_meta_params(KEY)
+    mp = {**mp, "out": {"w": mp["out"]["w"] * 100.0, "b": jnp.asarray([0.3, 0.2])}}  # a visible drift
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.linspace(0.5, 1.0, 4)}
+    grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = plain.init(mp, params, 50)
+
+    still, _ = centered.update(mp, state, zeros, params, 1.0)
+    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(still))
+    drift, _ = plain.update(mp, state, zeros, params, 1.0)
+    assert min(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(drift)) > 1e-5
+
+    moved, _ = centered.update(mp, state, grads, params, 1.0)
+    full, _ = plain.update(mp, state, grads, params, 1.0)
+    for c, f, d in zip(jax.tree.leaves(moved), jax.tree.leaves(full), jax.tree.leaves(drift)):
+        np.testing.assert_allclose(c, f - d, rtol=1e-5, atol=1e-9)
