@@ -80,7 +80,7 @@ def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | 
     except (OSError, OptimizerError) as err:
         raise ConfigError(f"optimizer.init_from: cannot read {path!r}: {err}") from None
     if config.optimizer.init_from_partial:
-        extensible = getattr(type(arch), "extension_options", ())
+        extensible = arch.extension_options
         if type(trained.arch) is not type(arch) or any(
             getattr(trained.arch, f.name) != getattr(arch, f.name)
             for f in dataclasses.fields(arch)

@@ -229,13 +229,16 @@ class SmallFC(LearnedOptimizer):
         if scaled:  # per-leaf muP scales, broadcast to the flat layout
             s_leaves = treedef.flatten_up_to(state.scales)
             scale = jnp.concatenate([jnp.broadcast_to(s, (n,)) for s, n in zip(s_leaves, sizes)]) if sizes else 1.0
-        # Written as a division so the result is one "expensive" fused op: XLA
-        # then materializes it once instead of re-fusing the whole network into
-        # each consumer (the finiteness check, the masked parameter update).
-        update = direction * scale / (jnp.exp(-magnitude * self.exp_scale) / lr)
+
+        def step(d: jax.Array, mag: jax.Array) -> jax.Array:
+            # Written as a division so the result is one "expensive" fused op: XLA
+            # then materializes it once instead of re-fusing the whole network into
+            # each consumer (the finiteness check, the masked parameter update).
+            return d * scale / (jnp.exp(-mag * self.exp_scale) / lr)
+
+        update = step(direction, magnitude)
         if self.centered:  # minus the update the same network makes with no gradient information
-            drift, drift_magnitude = _network(mp, [p], bias1, first=NUM_FEATURES - 1)
-            update = update - drift * scale / (jnp.exp(-drift_magnitude * self.exp_scale) / lr)
+            update = update - step(*_network(mp, [p], bias1, first=NUM_FEATURES - 1))
         ok = jnp.all(jnp.isfinite(update))
 
         out, offset = [], 0
