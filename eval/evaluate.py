@@ -55,8 +55,9 @@ DEFINITIONS = {
     "train loss curve reaches the learned optimizer's final train loss; tuned Adam runs speedup_horizon*T steps; "
     "if never reached the speedup is censored at speedup_horizon (shown '>x'); none if the learned one diverged",
     "win/tie/loss": "final train losses a (learned) vs b (baseline): tie if |a-b| <= tie_rtol*max(|a|,|b|) + "
-    "tie_atol*loss_scale, else win if a<b, loss if a>b; a diverged side is +inf. Where b*(1-tie_rtol) <= "
-    "tie_atol*loss_scale (the baseline reached ~0 loss) no a >= 0 can win: the outcomes count such tasks",
+    "tie_atol*loss_scale, else win if a<b, loss if a>b; a diverged side is +inf. Where b*(1-tie_rtol) - loss_floor "
+    "<= tie_atol*loss_scale (the baseline reached the task's loss floor: 0, or the exact minimum where the task "
+    "knows it) no a >= loss_floor can win: the outcomes count such tasks",
     "divergence": "a run whose train loss curve is non-finite or exceeds divergence_factor x its initial loss",
 }
 
@@ -226,7 +227,8 @@ def evaluate_task(
         a = opts[name]["final_train_loss"]
         speedups[name] = metrics.speedup(a, adam_long.steps, adam_mean, num_steps, suite.speedup_horizon)
         outcomes[name] = {b: metrics.compare(a, opts[b]["final_train_loss"], suite.tie_rtol, atol) for b in baselines}
-    win_possible = {b: metrics.win_possible(opts[b]["final_train_loss"], suite.tie_rtol, atol) for b in baselines}
+    floor = float(task.loss_floor)
+    win_possible = {b: metrics.win_possible(opts[b]["final_train_loss"], suite.tie_rtol, atol, floor) for b in baselines}
     return {
         "label": spec.display,
         "task": spec.task,
@@ -235,6 +237,7 @@ def evaluate_task(
         "overrides": dict(spec.overrides),
         "num_params": task.num_params(),
         "loss_scale": float(task.loss_scale),
+        "loss_floor": floor,
         "steps": num_steps,
         "eval_every": every,
         "curve_steps": curves_by[ADAM_DEFAULT].steps.tolist(),

@@ -115,17 +115,19 @@ def compare(a: float, b: float, rtol: float, atol: float) -> str:
     return "win" if a < b else "loss"
 
 
-def win_possible(b: float, rtol: float, atol: float) -> bool:
-    """Whether any final loss ``a >= 0`` can be a *win* against baseline loss ``b``.
+def win_possible(b: float, rtol: float, atol: float, floor: float = 0.0) -> bool:
+    """Whether any final loss ``a >= floor`` can be a *win* against baseline loss ``b``.
 
-    A win needs ``b - a > rtol * b + atol``; the best case ``a = 0`` gives
-    ``b * (1 - rtol) > atol``. A baseline that already reached ~0 loss (a
-    memorized training set, an exactly solved quadratic) leaves at best a tie:
-    reports count such tasks so a reader can see the ceiling on wins.
+    A win needs ``b - a > rtol * b + atol``; the best case ``a = floor`` (the
+    task's ``loss_floor``: 0, or the exact minimum where the task knows it)
+    gives ``b * (1 - rtol) - floor > atol``. A baseline that already reached
+    the floor (a memorized training set, an exactly solved quadratic, least
+    squares at its noise level) leaves at best a tie, except through sampling
+    noise: reports count such tasks so a reader can see the ceiling on wins.
     """
     if not math.isfinite(b):
         return True
-    return b * (1.0 - rtol) > atol
+    return b * (1.0 - rtol) - floor > atol
 
 
 def count_outcomes(outcomes: Sequence[str]) -> dict[str, int]:

@@ -113,9 +113,11 @@ def outcome_lines(report: dict) -> list[str]:
         )
     saturated = report["summary"].get("no_win_possible", {})
     if any(saturated.values()):
+        n = len(report["tasks"])
         lines.append(
-            "- tasks where a baseline's final loss is within the tie tolerance of 0, so at best a tie: "
-            + ", ".join(f"{b}: {k}" for b, k in saturated.items())
+            "- tasks where a baseline's final loss is within the tie tolerance of the task's loss floor "
+            "(0, or the exact minimum where known), so at best a tie: "
+            + ", ".join(f"{b}: {k} (at most {n - k} of {n} tasks can be won)" for b, k in saturated.items())
         )
     base_div = report["summary"]["baseline_divergences"]
     lines.append("- baseline divergences: " + ", ".join(f"{b}: {d}" for b, d in base_div.items()))

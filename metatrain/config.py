@@ -77,7 +77,9 @@ class EstimatorConfig:
     std: float = 0.01
     sign: bool = False  # full_es only: sign-ES
     meta_loss: str = "mean"  # mean | valid | last
-    loss_transform: str = "identity"  # identity | log: log puts equal weight on every halving of the loss
+    # identity | log: log puts equal weight on every halving of the loss. log is the default: with identity the
+    # first steps of every episode dominate the meta-gradient (BENCHMARKS.md, "The main job's fresh optimizer").
+    loss_transform: str = "log"
     progress_weight: float = 0.0  # >= 0: the last step of an episode weighs 1 + this times its first
     nonfinite: str = "clip"  # clip | mask
 
@@ -85,7 +87,7 @@ class EstimatorConfig:
 @dataclasses.dataclass(frozen=True)
 class MetaOptConfig:
     name: str = "adam"  # any optax optimizer taking learning_rate
-    learning_rate: float = 3e-4
+    learning_rate: float = 3e-3  # 3e-4 moved small_fc too little in the main job's 2,000 steps; 1e-2 was unstable
     schedule: str = "warmup_cosine"  # constant | cosine | warmup_cosine | linear
     warmup_steps: int = 50
     final_lr_fraction: float = 0.1

@@ -51,6 +51,12 @@ class Task(abc.ABC):
     initialization (``log(num_classes)`` for classification, the initial value
     for quadratics). Meta-training divides by it so that tasks with different
     loss scales can be averaged into one meta-loss.
+
+    ``loss_floor`` is a lower bound on the expected training loss under the
+    default hyperparameters: no optimizer can get below it except by sampling
+    noise of the minibatches. It is 0 unless a task knows better (least
+    squares knows its exact minimum). Evaluation uses it to say which tasks
+    can still be *won* against a baseline that already sits at the floor.
     """
 
     @property
@@ -61,6 +67,10 @@ class Task(abc.ABC):
     @property
     def loss_scale(self) -> float:
         return 1.0
+
+    @property
+    def loss_floor(self) -> float:
+        return 0.0
 
     # ----------------------------------------------------------- hparams
     def default_hparams(self) -> HParams:

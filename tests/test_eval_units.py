@@ -121,6 +121,14 @@ def test_win_possible_matches_compare_at_zero_loss():
     assert not metrics.win_possible(0.0, 0.02, 0.0)
 
 
+def test_win_possible_with_a_loss_floor_matches_compare_at_the_floor():
+    """Above 0, the best any optimizer can reach is the task's floor: a baseline near it cannot be beaten."""
+    floor, atol = 0.004, 5e-5
+    for b in (0.004, 0.0041, 0.00413, 0.0042, 0.01, INF):
+        assert metrics.win_possible(b, 0.02, atol, floor) == (metrics.compare(floor, b, 0.02, atol) == "win"), b
+    assert metrics.win_possible(0.0041, 0.02, atol) and not metrics.win_possible(0.0041, 0.02, atol, floor)
+
+
 def test_median_and_geometric_mean_skip_missing():
     assert metrics.median([0.5, None, 2.0, 1.0]) == 1.0
     assert metrics.median([None]) is None

@@ -179,3 +179,20 @@ def test_bad_structure_is_a_clear_error():
         MLPClassifier(dataset="imagenet")
     with pytest.raises(TaskError, match="valid splits"):
         registry.get_task("quadratic").sample_batch({}, jax.random.PRNGKey(0), "test")
+
+
+def test_linear_regression_loss_floor_is_the_least_squares_minimum():
+    """``loss_floor`` is the task's own training loss at the exact minimizer, and no parameters beat it."""
+    task = registry.get_task("linear_regression_ill")
+    train = task.load_data()["train"]
+    x, y = np.asarray(train["x"], np.float64), np.asarray(train["y"], np.float64)
+    coef = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)[0]
+    best = {"w": jnp.asarray(coef[:-1], jnp.float32), "b": jnp.asarray(coef[-1], jnp.float32)}
+    floor = task.loss_floor
+    assert 0.003 < floor < 0.005  # the targets' noise, well above 0
+    assert float(task.loss_and_aux(best, train)[0]) == pytest.approx(floor, rel=1e-4)
+    for seed in range(3):  # any other parameters, on the full training set, are worse
+        noise = jax.random.normal(jax.random.key(seed), (task.dim,)) * 1e-2
+        other = {"w": best["w"] + noise, "b": best["b"]}
+        assert float(task.loss_and_aux(other, train)[0]) > floor
+    assert registry.get_task("mlp_digits").loss_floor == 0.0  # the default: nothing better known than 0
