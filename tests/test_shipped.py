@@ -33,6 +33,21 @@ def test_shipped_default_loads_and_descends():
     assert float(loss_fn(params)) < 0.1 * float(loss_fn({"x": jnp.zeros(3)}))
 
 
+def test_shipped_recipe_configs_exist_and_the_last_one_made_the_file():
+    """Every stage the shipped file names is a committed, valid config; the last is the one it was trained with."""
+    import re
+    from pathlib import Path
+
+    from metatrain.config import load_config, to_dict
+
+    meta = lopt.pretrained("default").metadata
+    stages = re.findall(r"--config (\S+)", meta["recipe"])
+    assert len(stages) == len(meta["stages"]) and [s["config"] for s in meta["stages"]] == stages
+    root = Path(__file__).resolve().parents[1]
+    configs = [load_config(root / path) for path in stages]  # each validates
+    assert to_dict(configs[-1]) == meta["config"]
+
+
 def test_train_without_config_is_the_main_job():
     parser, _ = build_parser()
     assert _is_main_job(parser.parse_args(["train"]))
