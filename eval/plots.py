@@ -93,6 +93,9 @@ def plot_summary(report: dict, path: Path) -> Path:
         for xi, t in zip(x, report["tasks"]):
             if t["optimizers"][n]["diverged"]:
                 ax1.annotate("div", (xi + i * width, 1.0), ha="center", fontsize=7, color=styles[n][0])
+    for xi, t in zip(x, report["tasks"]):  # a ratio to 0 is undefined: say why the bars are missing
+        if t["optimizers"]["adam_tuned"]["final_train_loss"] == 0.0:
+            ax1.annotate("tuned Adam\nreached 0", (xi + 0.4 - width / 2, 1.0), ha="center", va="bottom", fontsize=7)
     ax1.axhline(1.0, color="tab:blue", lw=1)
     ax1.set_yscale("log")
     ax1.set_xticks(x + 0.4 - width / 2, labels, rotation=30, ha="right", fontsize=8)
