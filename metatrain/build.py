@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import optax
 
 from lopt import architectures
@@ -70,7 +71,6 @@ def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | 
     if not path:
         return None
     import jax
-    import numpy as np
 
     from lopt import load
     from lopt.base import OptimizerError
@@ -103,8 +103,6 @@ def overlay_meta_params(fresh: Any, loaded: Any, where: str = "meta_params") -> 
     ConfigError names the first that does not); keys only ``fresh`` has keep
     their fresh values. With equal structures the result is ``loaded``.
     """
-    import numpy as np
-
     if isinstance(loaded, dict):
         if not isinstance(fresh, dict):
             raise ConfigError(f"optimizer.init_from: {where} is a tensor in the configured architecture, a group in the file")
