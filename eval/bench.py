@@ -3,11 +3,11 @@
 Three parts, each selectable:
 
 * ``step_time``  -- every architecture exported through optax vs ``optax.adam``
-  on the reference models (:mod:`eval.bench_step`);
+  on the reference models (:mod:`lopt.eval.bench_step`);
 * ``throughput`` -- meta-training outer steps/s and inner steps/s on the
   reference configuration, and the engine's efficiency (inner steps/s of
   meta-training relative to plain Adam training of the same tasks), from
-  :func:`metatrain.throughput.measure_throughput`;
+  :func:`lopt.metatrain.throughput.measure_throughput`;
 * ``memory``     -- optimizer state bytes per parameter vs Adam.
 
 Results carry the machine they ran on, because a timing without its machine
@@ -27,12 +27,12 @@ from typing import Any
 
 import jax
 
-from eval import bench_step
-from eval.errors import EvalError
-from eval.report import to_jsonable
+from lopt import configs
+from lopt.eval import bench_step
+from lopt.eval.errors import EvalError
+from lopt.eval.report import to_jsonable
 
 PARTS = ("step_time", "throughput", "memory")
-REFERENCE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "reference.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +67,13 @@ def parse_parts(text: str | None) -> tuple[str, ...]:
 def check_names(models: tuple[str, ...], architectures: tuple[str, ...] | None) -> None:
     """Fail fast, with the valid names, before any compile."""
     from lopt import architectures as archs
-    from tasks.registry import task_names
+    from lopt.tasks.registry import task_names
 
     for m in models:
         if m not in task_names():
             raise EvalError(f"unknown model {m!r}; valid tasks: {', '.join(task_names())}")
     import lopt
-    from eval.bench_step import PRETRAINED_PREFIX
+    from lopt.eval.bench_step import PRETRAINED_PREFIX
 
     shipped = [f"{PRETRAINED_PREFIX}{n}" for n in lopt.pretrained()]
     for a in architectures or ():
@@ -105,10 +105,10 @@ def machine_info() -> dict[str, Any]:
 
 def bench_throughput(config_path: str | None, outer_steps: int, repeats: int = 2) -> dict[str, Any]:
     """Meta-training throughput on the reference configuration (or ``config_path``)."""
-    from metatrain.config import load_config
-    from metatrain.throughput import measure_throughput
+    from lopt.metatrain.config import load_config
+    from lopt.metatrain.throughput import measure_throughput
 
-    path = Path(config_path) if config_path else REFERENCE_CONFIG
+    path = Path(config_path) if config_path else configs.resolve("train", "reference")
     if not path.exists():
         raise EvalError(f"meta-training config not found: {path}")
     config = load_config(path)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks.base import Task
+from lopt.tasks.base import Task
 
 REFERENCE_MODELS = ("mlp_digits", "cnn_digits", "char_lm")
 PRETRAINED_PREFIX = "pretrained:"  # --architectures pretrained:NAME measures a shipped optimizer
@@ -105,7 +105,7 @@ def state_bytes_per_param(task: Task, tx: optax.GradientTransformation) -> float
 
 
 def bench_step_time(models: list[str], num_steps: int, repeats: int, architectures: list[str] | None = None) -> dict[str, Any]:
-    from tasks.registry import get_task
+    from lopt.tasks.registry import get_task
 
     txs = {"adam": optax.adam(1e-3), **learned_txs(num_steps, architectures)}
     out: dict[str, Any] = {"num_steps": num_steps, "repeats": repeats, "models": {}}
@@ -121,7 +121,7 @@ def bench_step_time(models: list[str], num_steps: int, repeats: int, architectur
 
 
 def bench_memory(models: list[str], architectures: list[str] | None = None) -> dict[str, Any]:
-    from tasks.registry import get_task
+    from lopt.tasks.registry import get_task
 
     txs = learned_txs(1000, architectures)
     out: dict[str, Any] = {}

@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from eval.bench import BenchSettings, parse_parts, render_table, run_bench, write_bench
-    from eval.errors import EvalError
+    from lopt.eval.bench import BenchSettings, parse_parts, render_table, run_bench, write_bench
+    from lopt.eval.errors import EvalError
 
     for flag in ("steps", "repeats", "outer_steps"):
         value = getattr(args, flag)

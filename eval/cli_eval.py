@@ -14,8 +14,15 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--optimizer", required=True, help="saved optimizer file, or a pretrained name")
-    parser.add_argument("--suite", default="smoke", help="suite name in configs/eval/ or a YAML path (default: smoke)")
+    from lopt import configs
+
+    parser.add_argument("--optimizer", help="saved optimizer file, or a pretrained name (required)")
+    parser.add_argument(
+        "--suite",
+        default="smoke",
+        help=f"shipped suite name ({', '.join(configs.names('eval'))}) or a YAML path (default: smoke)",
+    )
+    parser.add_argument("--list-suites", action="store_true", help="print the shipped suite names and exit")
     parser.add_argument("--out", default=None, help="output directory (default: runs/eval/<suite>)")
     parser.add_argument("--seeds", type=int, default=None, help="number of reporting seeds (default: the suite's)")
     parser.add_argument(
@@ -26,11 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from eval.evaluate import evaluate_suite
-    from eval.optimizers import resolve_optimizer
-    from eval.report import outcome_lines, summary_table, write_report
-    from eval.suite import load_suite
+    from lopt.eval.errors import EvalError
+    from lopt.eval.evaluate import evaluate_suite
+    from lopt.eval.optimizers import resolve_optimizer
+    from lopt.eval.report import outcome_lines, summary_table, write_report
+    from lopt.eval.suite import load_suite
 
+    if args.list_suites:
+        from lopt import configs
+
+        print("\n".join(configs.names("eval")))
+        return 0
+    if not args.optimizer:
+        raise EvalError("--optimizer is required (a saved optimizer file or a pretrained name)")
     suite = load_suite(args.suite)  # validate cheap inputs before loading anything heavy
     name, opt, source = resolve_optimizer(args.optimizer)
     out = Path(args.out) if args.out else Path("runs") / "eval" / suite.name

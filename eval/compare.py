@@ -3,7 +3,7 @@
 Used after meta-training to answer "is the freshly trained optimizer better
 than the shipped default, and than Adam?" on the same seeds and batches::
 
-    from eval.compare import compare_on_suite
+    from lopt.eval.compare import compare_on_suite
     report = compare_on_suite({"new": lopt.load("runs/x/final"), "default": lopt.pretrained("small_fc")},
                               "smoke", "runs/x/compare")
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from eval.evaluate import evaluate_suite
-from eval.report import outcome_lines, summary_table, write_report
-from eval.suite import Suite, load_suite
+from lopt.eval.evaluate import evaluate_suite
+from lopt.eval.report import outcome_lines, summary_table, write_report
+from lopt.eval.suite import Suite, load_suite
 
 
 def compare_on_suite(

@@ -16,7 +16,7 @@ Per task, with reporting seeds ``1..N`` and tuning seeds ``0, -1, ...``
 
 Every run of a task uses the same keys, hence the same initial parameters and
 the same batches. The numbers derived from the curves are defined in
-:mod:`eval.metrics`.
+:mod:`lopt.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import jax
 import numpy as np
 import optax
 
-from eval import metrics, report as report_mod
-from eval.errors import EvalError
-from eval.runs import AdamRunner, Curves, run_optimizer
-from eval.suite import BaselineSpec, Suite, TaskSpec
-from tasks.base import Task
+from lopt.eval import metrics, report as report_mod
+from lopt.eval.errors import EvalError
+from lopt.eval.runs import AdamRunner, Curves, run_optimizer
+from lopt.eval.suite import BaselineSpec, Suite, TaskSpec
+from lopt.tasks.base import Task
 
 TUNING_SEED = 0
 # Grid search and reporting runs of Adam share one compiled program (padded to one
@@ -88,7 +88,7 @@ def learned_optax(opt: ExportsOptax, task: Task, num_steps: int, mup: bool) -> o
 
 def build_task(spec: TaskSpec) -> Task:
     """The registered task of ``spec`` with its field overrides applied (errors name the bad field)."""
-    from tasks.registry import get_task
+    from lopt.tasks.registry import get_task
 
     task = get_task(spec.task)
     if not spec.overrides:
@@ -258,7 +258,7 @@ def evaluate_suite(
     progress: bool = True,
     sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol on every task of ``suite``; returns the report dict (see :mod:`eval.report`)."""
+    """Run the protocol on every task of ``suite``; returns the report dict (see :mod:`lopt.eval.report`)."""
     if not learned:
         raise EvalError("no learned optimizer to evaluate")
     reserved = {ADAM_DEFAULT, ADAM_TUNED} | {b.name for b in suite.baselines}

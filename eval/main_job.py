@@ -1,7 +1,7 @@
 """The main job: meta-train a fresh optimizer, then hold it up against Adam.
 
 ``lopt train`` with no ``--config`` runs this. It meta-trains ``small_fc`` on
-the offline default (the built-in defaults of :mod:`metatrain.config`: digits
+the offline default (the built-in defaults of :mod:`lopt.metatrain.config`: digits
 MLPs, no download) into ``--out`` (default ``runs/main``), then evaluates the
 fresh optimizer and the shipped ``default`` against Adam(1e-3) and per-task
 tuned Adam on the ``quick`` suite, prints the table, and writes ``report.md``,
@@ -28,9 +28,9 @@ def run_main_job(out_dir: str | Path = MAIN_OUT, overrides: tuple[str, ...] = ()
                  suite: str = MAIN_SUITE) -> dict:
     """Meta-train with the defaults into ``out_dir``, then compare on ``suite``; returns the report."""
     import lopt
-    from eval.compare import compare_on_suite
-    from metatrain.config import load_config
-    from metatrain.trainer import train
+    from lopt.eval.compare import compare_on_suite
+    from lopt.metatrain.config import load_config
+    from lopt.metatrain.trainer import train
 
     out = Path(out_dir)
     config = load_config(None, overrides)
@@ -52,7 +52,7 @@ def run_main_job(out_dir: str | Path = MAIN_OUT, overrides: tuple[str, ...] = ()
 
 def main(args: argparse.Namespace) -> int:
     """Entry point used by ``lopt train`` when no ``--config`` is given."""
-    from metatrain.trainer import TrainingInterrupted
+    from lopt.metatrain.trainer import TrainingInterrupted
 
     out = args.out if args.out != "runs/train" else MAIN_OUT
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.errors import EvalError
+from lopt.eval.errors import EvalError
 
 
 def pretrained_names() -> list[str]:

@@ -1,6 +1,6 @@
 """Writing a finished evaluation: ``report.json``, ``report.md`` and the plots.
 
-The report is a plain dict built by :mod:`eval.evaluate`; this module only
+The report is a plain dict built by :mod:`lopt.eval.evaluate`; this module only
 renders it. JSON has no infinities, so non-finite numbers are written as
 ``null`` -- every such place also carries a ``diverged`` count saying why.
 """
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eval import metrics
+from lopt.eval import metrics
 
 
 def to_jsonable(x: Any) -> Any:
@@ -43,7 +43,7 @@ def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> dict[
     paths["json"].write_text(json.dumps(to_jsonable(report), indent=1, allow_nan=False) + "\n")
     paths["md"].write_text(render_markdown(report))
     if plots:
-        from eval import plots as plots_mod
+        from lopt.eval import plots as plots_mod
 
         for label, path in plots_mod.plot_all(report, out).items():
             paths[f"plot:{label}"] = path

@@ -1,6 +1,6 @@
 """Many training runs of one task in one compiled program.
 
-Everything here wraps :func:`metatrain.inner_loop.train_task` (one
+Everything here wraps :func:`lopt.metatrain.inner_loop.train_task` (one
 ``lax.scan`` per run) in one ``jit`` over a batch of seeds -- and, for Adam, of
 (learning rate, seed) pairs, so the whole learning-rate grid is one call and one
 compile. The batch is a ``vmap`` on accelerators and a ``lax.map`` on CPU (see
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatrain.inner_loop import train_task
-from tasks.base import Data, Task
+from lopt.metatrain.inner_loop import train_task
+from lopt.tasks.base import Data, Task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ Schema (every top-level key but ``tasks`` is optional)::
     default_lr: 1.0e-3        # the "Adam(1e-3)" baseline
     lr_grid: {min: 1.0e-4, max: 1.0e-1, num: 10}   # log grid for tuned Adam
     speedup_horizon: 2.0      # tuned Adam runs this many x the steps (speedup range)
-    tie_rtol: 0.02            # relative tolerance of a tie (see eval.metrics)
+    tie_rtol: 0.02            # relative tolerance of a tie (see lopt.eval.metrics)
     tie_atol: 1.0e-4          # absolute tolerance, in units of the task's loss_scale
     divergence_factor: 10.0   # a run whose loss exceeds this x its initial loss diverged
     mup: false                # true: every learned optimizer runs in the muP mode (lopt.mup) on muP tasks;
@@ -40,9 +40,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from eval.errors import EvalError
+from lopt import configs
+from lopt.eval.errors import EvalError
 
-SUITE_DIR = Path(__file__).resolve().parent.parent / "configs" / "eval"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,19 +122,15 @@ MIN_GRID_POINTS = 8
 
 def suite_names() -> list[str]:
     """Names of the suites shipped in ``configs/eval/``."""
-    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+    return configs.names("eval")
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
     """A suite by shipped name (``smoke``) or by path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml") or not path.exists():
-        candidate = SUITE_DIR / f"{name_or_path}.yaml"
-        if not candidate.exists():
-            if path.suffix in (".yaml", ".yml"):
-                raise EvalError(f"suite file not found: {name_or_path}")
-            raise EvalError(f"unknown suite {str(name_or_path)!r}; valid suites: {', '.join(suite_names())}")
-        path = candidate
+    try:
+        path = configs.resolve("eval", name_or_path)
+    except FileNotFoundError as err:
+        raise EvalError(str(err).replace("eval config", "suite")) from None
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

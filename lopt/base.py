@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -38,8 +37,7 @@ class OptimizerError(ValueError):
     """Bad optimizer input: unknown architecture, mismatched pytree, bad file."""
 
 
-@flax.struct.dataclass
-class OptState:
+class OptState(NamedTuple):
     """State of a learned optimizer for one parameter pytree.
 
     Attributes:
@@ -178,7 +176,7 @@ class LearnedOptimizer(abc.ABC):
             lambda u, p: jnp.where(ok, u, jnp.zeros_like(u)).astype(jnp.asarray(p).dtype), raw, params
         )
         inner = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_inner, state.inner)
-        new_state = state.replace(
+        new_state = state._replace(
             step=state.step + ok.astype(jnp.int32),
             skipped=state.skipped + (~ok).astype(jnp.int32),
             inner=inner,

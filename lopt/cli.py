@@ -19,10 +19,10 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tasks": ("tasks.cli", "list registered tasks and task families"),
-    "train": ("metatrain.cli", "meta-train a learned optimizer from a YAML config"),
-    "eval": ("eval.cli_eval", "compare a learned optimizer with Adam on a suite of tasks"),
-    "bench": ("eval.cli_bench", "measure step time, meta-training throughput and memory"),
+    "tasks": ("lopt.tasks.cli", "list registered tasks and task families"),
+    "train": ("lopt.metatrain.cli", "meta-train a learned optimizer from a YAML config"),
+    "eval": ("lopt.eval.cli_eval", "compare a learned optimizer with Adam on a suite of tasks"),
+    "bench": ("lopt.eval.cli_bench", "measure step time, meta-training throughput and memory"),
 }
 
 
@@ -40,8 +40,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 def _is_main_job(args: argparse.Namespace) -> bool:
     """``lopt train`` without ``--config`` (and not joining a multi-host run) is the main job:
-    meta-train on the offline default, then compare with Adam (see :mod:`eval.main_job`)."""
-    if args.command != "train" or args.config is not None:
+    meta-train on the offline default, then compare with Adam (see :mod:`lopt.eval.main_job`)."""
+    if args.command != "train" or args.config is not None or args.list_configs:
         return False
     flags = (args.coordinator, args.num_processes, args.process_id)
     return not args.distributed and all(x is None for x in flags)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handler = modules[args.command]
     if _is_main_job(args):
-        handler = importlib.import_module("eval.main_job")
+        handler = importlib.import_module("lopt.eval.main_job")
     try:
         return int(handler.main(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:  # bad input, not a bug

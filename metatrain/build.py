@@ -1,4 +1,4 @@
-"""Turn a :class:`~metatrain.config.TrainConfig` into the engine's pure pieces.
+"""Turn a :class:`~lopt.metatrain.config.TrainConfig` into the engine's pure pieces.
 
 Kept apart from the training loop so tests, the throughput benchmark and the
 trainer all build exactly the same architecture, task groups, estimator and
@@ -16,11 +16,11 @@ import optax
 from lopt import architectures
 from lopt.base import LearnedOptimizer
 from lopt.mup import for_mup
-from metatrain.config import ConfigError, MetaOptConfig, TaskSpec, TrainConfig
-from metatrain.estimators import ESTIMATORS
-from metatrain.unroll import Augmentation, EpisodeSchedule, Group, Unroller
-from tasks import registry
-from tasks.base import Task
+from lopt.metatrain.config import ConfigError, MetaOptConfig, TaskSpec, TrainConfig
+from lopt.metatrain.estimators import ESTIMATORS
+from lopt.metatrain.unroll import Augmentation, EpisodeSchedule, Group, Unroller
+from lopt.tasks import registry
+from lopt.tasks.base import Task
 
 
 def resolve_tasks(spec: TaskSpec) -> list[Group]:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from metatrain.unroll import MetaTrainError
+from lopt.metatrain.unroll import MetaTrainError
 
 PATTERN = re.compile(r"^ckpt_(\d{9})\.safetensors$")
 FORMAT = "lopt-metatrain-checkpoint/1"

@@ -1,15 +1,18 @@
 """Meta-train a learned optimizer from a YAML config (resumes when DIR holds a checkpoint).
 
-    lopt train --config configs/train/smoke.yaml --out runs/smoke --set estimator.std=0.02
+    lopt train --config smoke --out runs/smoke --set estimator.std=0.02
+
+``--config`` takes a shipped config name (``lopt train --list-configs``) or a
+path to a YAML file.
 
 Without ``--config`` this is the main job: meta-train with the built-in defaults
 (the offline digits default) into ``--out`` (default ``runs/main``), then compare
 the result and the shipped default with Adam on the ``quick`` suite
-(:mod:`eval.main_job`).
+(:mod:`lopt.eval.main_job`).
 Ctrl-C saves a checkpoint and exits; the same command resumes.
 
 The tasks are split over every visible device. ``--distributed`` joins a
-multi-host run (the same command on every host, see :mod:`metatrain.distributed`):
+multi-host run (the same command on every host, see :mod:`lopt.metatrain.distributed`):
 
     lopt train --config C --out DIR --distributed --coordinator HOST:PORT --num-processes 2 --process-id 0
 """
@@ -21,7 +24,15 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML training config (default: the main job: built-in defaults, then a comparison with Adam)")
+    from lopt import configs
+
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"shipped config name ({', '.join(configs.names('train'))}) or a YAML path "
+        "(default: the main job: built-in defaults, then a comparison with Adam)",
+    )
+    parser.add_argument("--list-configs", action="store_true", help="print the shipped config names and exit")
     parser.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics, optimizer)")
     parser.add_argument(
         "--set",
@@ -41,10 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from metatrain import distributed
-    from metatrain.config import load_config
-    from metatrain.trainer import OPTIMIZER_FILE, TrainingInterrupted, train
+    from lopt.metatrain import distributed
+    from lopt.metatrain.config import load_config
+    from lopt.metatrain.trainer import OPTIMIZER_FILE, TrainingInterrupted, train
 
+    if args.list_configs:
+        from lopt import configs
+
+        print("\n".join(configs.names("train")))
+        return 0
     config = load_config(args.config, args.overrides)
     if args.distributed or any(x is not None for x in (args.coordinator, args.num_processes, args.process_id)):
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)

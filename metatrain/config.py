@@ -12,7 +12,7 @@ value parsed as YAML (``--set unroll.param_scale_range=[0.5,2]``).
 ``mup: true`` selects the muP mode of :mod:`lopt.mup` (the muLO recipe): the
 architecture runs as ``for_mup(arch)`` and every task's per-layer muP factors
 multiply the optimizer's updates; every training and validation task must then
-be a muP task (``tasks/mup.py``), which :mod:`metatrain.build` checks.
+be a muP task (``tasks/mup.py``), which :mod:`lopt.metatrain.build` checks.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from metatrain.unroll import LOSS_TRANSFORMS, META_LOSSES, MetaTrainError
+from lopt import configs
+
+from lopt.metatrain.unroll import LOSS_TRANSFORMS, META_LOSSES, MetaTrainError
 
 
 class ConfigError(MetaTrainError):
@@ -212,9 +214,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            path = configs.resolve("train", path)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:

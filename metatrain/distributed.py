@@ -3,7 +3,7 @@
 Every process runs the same program (``lopt train --distributed`` on every
 host); :func:`initialize` connects them before JAX touches a device, after
 which ``jax.devices()`` lists the devices of all hosts and the trainer's
-:class:`~metatrain.sharding.TaskMesh` spans them, so each process holds and
+:class:`~lopt.metatrain.sharding.TaskMesh` spans them, so each process holds and
 advances its share of the tasks. Process 0 alone writes checkpoints, metrics
 and the final optimizer; every process reads the checkpoint on resume (the
 output directory must be visible to all of them, e.g. a shared file system).
@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from metatrain.unroll import MetaTrainError
+from lopt.metatrain.unroll import MetaTrainError
 
 
 class DistributedError(MetaTrainError):

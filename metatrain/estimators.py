@@ -1,6 +1,6 @@
 """Meta-gradient estimators behind one pure interface (evosax-style).
 
-Every estimator is a frozen dataclass holding an :class:`~metatrain.unroll.Unroller`
+Every estimator is a frozen dataclass holding an :class:`~lopt.metatrain.unroll.Unroller`
 and exposing two pure functions::
 
     est_state = estimator.init(meta_params, key)
@@ -37,7 +37,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from metatrain.unroll import GroupState, MetaTrainError, Trace, Unroller
+from lopt.metatrain.unroll import GroupState, MetaTrainError, Trace, Unroller
 
 NONFINITE_MODES = ("clip", "mask")
 
@@ -191,7 +191,7 @@ class FullES(_ESBase):
     """Antithetic ES over complete episodes (every step starts fresh tasks).
 
     The unroller's truncation must equal its (constant) episode length and have
-    no stagger; :func:`metatrain.build.build_estimator` arranges that.
+    no stagger; :func:`lopt.metatrain.build.build_estimator` arranges that.
     """
 
     sign: bool = False

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks.base import Data, HParams, Task
+from lopt.tasks.base import Data, HParams, Task
 
 
 def eval_steps(num_steps: int, eval_every: int) -> np.ndarray:

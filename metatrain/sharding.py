@@ -1,9 +1,9 @@
 """Where the meta-training state lives: the task axis split over every device.
 
 The engine's per-task state has the task axis first (see
-:mod:`metatrain.unroll`), so data parallelism is one ``NamedSharding`` per
+:mod:`lopt.metatrain.unroll`), so data parallelism is one ``NamedSharding`` per
 task group: each device (of one host or of many, see
-:mod:`metatrain.distributed`) holds and advances its share of the tasks,
+:mod:`lopt.metatrain.distributed`) holds and advances its share of the tasks,
 both antithetic branches of a task staying together. Meta-parameters, the
 meta-optimizer state, task data and metrics are replicated. Nothing else
 changes: the estimators reduce with plain means/sums over the task axis, which

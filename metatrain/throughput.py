@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import optax
 
-from metatrain.config import TrainConfig
-from metatrain.trainer import Engine
+from lopt.metatrain.config import TrainConfig
+from lopt.metatrain.trainer import Engine
 
 
 def _adam_runner(engine: Engine):
@@ -116,10 +116,10 @@ def main() -> None:  # pragma: no cover - manual benchmark entry point
     import argparse
     import json
 
-    from metatrain.config import load_config
+    from lopt.metatrain.config import load_config
 
     p = argparse.ArgumentParser(description="meta-training throughput vs plain Adam")
-    p.add_argument("--config", default="configs/train/reference.yaml")
+    p.add_argument("--config", default="reference")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     a = p.parse_args()

@@ -12,8 +12,8 @@ Ctrl-C (SIGINT) only sets a flag; the loop then finishes the step in flight,
 writes a checkpoint and raises :class:`TrainingInterrupted`, so the state on
 disk is always consistent and ``lopt train`` with the same arguments resumes.
 
-The state is laid out by a :class:`~metatrain.sharding.TaskMesh`: tasks split
-over every device (of every process, after :func:`metatrain.distributed.initialize`),
+The state is laid out by a :class:`~lopt.metatrain.sharding.TaskMesh`: tasks split
+over every device (of every process, after :func:`lopt.metatrain.distributed.initialize`),
 the rest replicated. With several processes, process 0 alone writes files;
 all of them gather the state for a checkpoint and read it on resume; a Ctrl-C
 is acted on at the next ``log_every`` boundary, where they agree on it, and a
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import tree_all_finite
-from metatrain import build, checkpoint, distributed
-from metatrain.config import TrainConfig, to_dict
-from metatrain.sharding import TaskMesh
-from metatrain.validation import MetaValidator
+from lopt.metatrain import build, checkpoint, distributed
+from lopt.metatrain.config import TrainConfig, to_dict
+from lopt.metatrain.sharding import TaskMesh
+from lopt.metatrain.validation import MetaValidator
 
 METRICS_FILE = "metrics.jsonl"
 OPTIMIZER_FILE = "optimizer.safetensors"

@@ -41,7 +41,7 @@ import optax
 
 from lopt.base import LearnedOptimizer
 from lopt.mup import update_scales_for_task
-from tasks.base import Task
+from lopt.tasks.base import Task
 
 
 class MetaTrainError(ValueError):

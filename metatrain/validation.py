@@ -19,8 +19,8 @@ import optax
 from lopt.base import LearnedOptimizer
 from lopt.mup import update_scales_for_task
 from lopt.optax_export import as_optax
-from metatrain.inner_loop import train_task
-from tasks.base import Task
+from lopt.metatrain.inner_loop import train_task
+from lopt.tasks.base import Task
 
 
 class MetaValidator:

@@ -6,7 +6,7 @@ final LayerNorm and a linear read-out to the 128 ASCII codes. The loss is the
 mean next-character cross-entropy, so ``loss_scale = log(128)``.
 
 A batch is ``batch_size`` windows of ``seq_len + 1`` characters starting at
-keyed random offsets (inside jit, see :mod:`tasks.sampling`). Traced
+keyed random offsets (inside jit, see :mod:`lopt.tasks.sampling`). Traced
 hyperparameters: ``init_scale`` (multiplies every initial weight matrix and
 embedding) and ``data_fraction`` (prefix of the training text windows start in).
 """
@@ -19,10 +19,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tasks import layers, sampling
-from tasks.base import Batch, Data, HParams, Params, Task, TaskError, check_split, tree_hparams_like
-from tasks.corpus import VOCAB_SIZE, load_corpus
-from tasks.supervised import log_uniform, softmax_cross_entropy
+from lopt.tasks import layers, sampling
+from lopt.tasks.base import Batch, Data, HParams, Params, Task, TaskError, check_split, tree_hparams_like
+from lopt.tasks.corpus import VOCAB_SIZE, load_corpus
+from lopt.tasks.supervised import log_uniform, softmax_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from tasks import registry
-from tasks.base import Task, TaskFamily
+from lopt.tasks import registry
+from lopt.tasks.base import Task, TaskFamily
 
 COLUMNS = ("name", "kind", "params", "data", "description")
 
@@ -58,5 +58,5 @@ def main(args: argparse.Namespace) -> int:
     table = rows(getattr(args, "kind", "all"))
     print(format_table(table))
     n_tasks = sum(r[1] == "task" for r in table)
-    print(f"\n{n_tasks} tasks, {len(table) - n_tasks} families. Use a name with tasks.registry.get_task / get_family.")
+    print(f"\n{n_tasks} tasks, {len(table) - n_tasks} families. Use a name with lopt.tasks.registry.get_task / get_family.")
     return 0

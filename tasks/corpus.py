@@ -17,7 +17,7 @@ import sysconfig
 
 import numpy as np
 
-from tasks.base import TaskError
+from lopt.tasks.base import TaskError
 
 STDLIB_FILES: tuple[str, ...] = (
     "abc.py",

@@ -18,7 +18,7 @@ Sources:
   Needs no network, ever.
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn_cropped``:
   through ``tfds.data_source`` (no TensorFlow), converted once and cached as
-  ``.npz`` (see :mod:`tasks.tfds_source`). Their ``test`` split is our
+  ``.npz`` (see :mod:`lopt.tasks.tfds_source`). Their ``test`` split is our
   ``valid`` split.
 
 ``image_size=None`` keeps the native resolution; an integer resizes to that
@@ -33,7 +33,7 @@ import functools
 
 import numpy as np
 
-from tasks.base import TaskError
+from lopt.tasks.base import TaskError
 
 SHUFFLE_SEED = 0
 DIGITS_NUM_VALID = 360
@@ -103,7 +103,7 @@ def _load_images_cached(name: str, image_size: int | None, max_examples: int | N
     if spec.source == "sklearn":
         raw = _digits_raw()
     else:
-        from tasks import tfds_source  # imported lazily: listing tasks must not import tfds
+        from lopt.tasks import tfds_source  # imported lazily: listing tasks must not import tfds
 
         raw = tfds_source.load_raw(name, image_size=image_size, max_examples=max_examples)
     if max_examples is not None:

@@ -11,12 +11,12 @@ generated data, standard-library text).
 
 from __future__ import annotations
 
-from tasks.base import TaskFamily
-from tasks.char_lm import CharTransformerLM
-from tasks.cnn import ConvClassifier
-from tasks.mlp import MLPClassifier
-from tasks.quadratic import Quadratic
-from tasks.regression import LinearRegression
+from lopt.tasks.base import TaskFamily
+from lopt.tasks.char_lm import CharTransformerLM
+from lopt.tasks.cnn import ConvClassifier
+from lopt.tasks.mlp import MLPClassifier
+from lopt.tasks.quadratic import Quadratic
+from lopt.tasks.regression import LinearRegression
 
 
 def quadratic_family() -> TaskFamily:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tasks.base import TaskError
+from lopt.tasks.base import TaskError
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,

@@ -12,9 +12,9 @@ import math
 
 import jax
 
-from tasks import layers
-from tasks.base import Params, TaskError
-from tasks.supervised import ClassificationTask
+from lopt.tasks import layers
+from lopt.tasks.base import Params, TaskError
+from lopt.tasks.supervised import ClassificationTask
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -50,10 +50,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tasks import layers
-from tasks.base import Params, TaskError, TaskFamily
-from tasks.char_lm import CharTransformerLM
-from tasks.supervised import ClassificationTask
+from lopt.tasks import layers
+from lopt.tasks.base import Params, TaskError, TaskFamily
+from lopt.tasks.char_lm import CharTransformerLM
+from lopt.tasks.supervised import ClassificationTask
 
 
 def width_scales(shapes: Params, base_shapes: Params) -> Params:
@@ -179,7 +179,7 @@ class MupMLP(_MupMixin, ClassificationTask):
 
 @dataclasses.dataclass(frozen=True)
 class MupTransformer(_MupMixin, CharTransformerLM):
-    """The character transformer LM of :mod:`tasks.char_lm` in muP form; ``d_model`` is the width.
+    """The character transformer LM of :mod:`lopt.tasks.char_lm` in muP form; ``d_model`` is the width.
 
     Same params, data and traced hyperparameters as :class:`CharTransformerLM`;
     muP changes the readout (``head``: zeros, multiplier ``1/width_mult``), the

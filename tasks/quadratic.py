@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tasks.base import Batch, Data, HParams, Params, Task, check_split, tree_hparams_like
+from lopt.tasks.base import Batch, Data, HParams, Params, Task, check_split, tree_hparams_like
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ The registry is two plain tables of ``name -> factory``: a factory is a
 zero-argument function that builds the (cheap, frozen) task object. Nothing is
 loaded when this module is imported; data is only read when a caller asks a
 task for it with ``task.load_data()``. Entries whose data column says a tfds
-dataset need it prepared once (see :mod:`tasks.tfds_source`); all others work
+dataset need it prepared once (see :mod:`lopt.tasks.tfds_source`); all others work
 offline.
 
 To add an entry, add one line, e.g.::
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tasks import families as fam
-from tasks.base import Task, TaskError, TaskFamily
-from tasks.char_lm import CharTransformerLM
-from tasks.cnn import ConvClassifier
-from tasks.mlp import MLPClassifier
-from tasks.mup import MupMLP, MupTransformer, mup_mlp_family, mup_transformer_family
-from tasks.quadratic import Quadratic
-from tasks.regression import LinearRegression
+from lopt.tasks import families as fam
+from lopt.tasks.base import Task, TaskError, TaskFamily
+from lopt.tasks.char_lm import CharTransformerLM
+from lopt.tasks.cnn import ConvClassifier
+from lopt.tasks.mlp import MLPClassifier
+from lopt.tasks.mup import MupMLP, MupTransformer, mup_mlp_family, mup_transformer_family
+from lopt.tasks.quadratic import Quadratic
+from lopt.tasks.regression import LinearRegression
 
 TASKS: dict[str, Callable[[], Task]] = {
     # generated data

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import sampling
-from tasks.base import Batch, Data, HParams, Params, Task, check_split, tree_hparams_like
-from tasks.supervised import log_uniform
+from lopt.tasks import sampling
+from lopt.tasks.base import Batch, Data, HParams, Params, Task, check_split, tree_hparams_like
+from lopt.tasks.supervised import log_uniform
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Image classification tasks, and the few-lines way to define your own.
 
 :class:`ClassificationTask` does everything but the model: it loads the data
-(:mod:`tasks.datasets`), samples batches inside ``jit`` (:mod:`tasks.sampling`),
+(:mod:`lopt.tasks.datasets`), samples batches inside ``jit`` (:mod:`lopt.tasks.sampling`),
 computes softmax cross-entropy and accuracy, and exposes three traced
 hyperparameters so that a family of tasks shares one compiled program:
 
@@ -17,7 +17,7 @@ A subclass only adds ``init_model(key) -> params`` and ``apply(params, images)
 two functions directly. Define your own task in a few lines::
 
     import jax, jax.numpy as jnp
-    from tasks.supervised import SimpleClassificationTask
+    from lopt.tasks.supervised import SimpleClassificationTask
 
     def init(key):                       # a softmax regression on 8x8 digits
         return {"w": 0.1 * jax.random.normal(key, (64, 10)), "b": jnp.zeros(10)}
@@ -32,7 +32,7 @@ two functions directly. Define your own task in a few lines::
     loss, aux = task.loss_and_aux(params, batch)              # aux["accuracy"]
 
 Use ``image_size=16`` for a resized variant and any name from
-:func:`tasks.datasets.dataset_names` as ``dataset``.
+:func:`lopt.tasks.datasets.dataset_names` as ``dataset``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from tasks import sampling
-from tasks.base import Batch, Data, HParams, Params, Task, TaskError, check_split, tree_hparams_like
-from tasks.datasets import get_spec, load_images
+from lopt.tasks import sampling
+from lopt.tasks.base import Batch, Data, HParams, Params, Task, TaskError, check_split, tree_hparams_like
+from lopt.tasks.datasets import get_spec, load_images
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -13,7 +13,7 @@ Where the data comes from: ``tfds.data_source`` looks in ``$TFDS_DATA_DIR``
 (default ``~/tensorflow_datasets``) and, if the dataset is not prepared there,
 tries to download and prepare it (set ``LOPT_NO_DOWNLOAD=1`` to forbid that and
 only read prepared data). Without internet that fails, and the
-failure is reported as one :class:`~tasks.datasets.DatasetError` saying how to
+failure is reported as one :class:`~lopt.tasks.datasets.DatasetError` saying how to
 get the data. The tfds ``test`` split becomes our ``valid`` split.
 """
 
@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from tasks.datasets import DatasetError, get_spec, resize_images
+from lopt.tasks.datasets import DatasetError, get_spec, resize_images
 
 SPLIT_MAP = {"train": "train", "valid": "test"}  # our split -> tfds split
 

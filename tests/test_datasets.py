@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tasks import datasets, sampling, tfds_source
-from tasks.corpus import VOCAB_SIZE, load_corpus
-from tasks.datasets import DatasetError, load_images
+from lopt.tasks import datasets, sampling, tfds_source
+from lopt.tasks.corpus import VOCAB_SIZE, load_corpus
+from lopt.tasks.datasets import DatasetError, load_images
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_unavailable_dataset_gives_one_clear_error(fresh_cache, tmp_path, monkey
 
 
 def test_importing_tasks_does_not_import_tensorflow():
-    code = "import sys, tasks.datasets, tasks.registry, tasks.cli; assert 'tensorflow' not in sys.modules"
+    code = "import sys, lopt.tasks.datasets, lopt.tasks.registry, lopt.tasks.cli; assert 'tensorflow' not in sys.modules"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
@@ -120,7 +120,7 @@ def test_sampling_respects_fraction_and_noise():
 
 
 def test_valid_split_is_clean():
-    from tasks.registry import get_task
+    from lopt.tasks.registry import get_task
 
     task = get_task("mlp_digits")
     data = task.load_data()

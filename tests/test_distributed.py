@@ -131,7 +131,7 @@ def _our_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_two_processes_resume_and_match_one_device(setup):
-    from metatrain import checkpoint
+    from lopt.metatrain import checkpoint
 
     base, cfg, _, reference = setup
     out = base / "two_procs"
@@ -164,9 +164,9 @@ def test_bad_process_flags_are_one_line_errors(capsys):
 def _devices_worker(cfg_path: str, reference_path: str, ckpt_dir: str) -> None:
     import jax
 
-    from metatrain import checkpoint
-    from metatrain.config import load_config, to_dict
-    from metatrain.trainer import Engine
+    from lopt.metatrain import checkpoint
+    from lopt.metatrain.config import load_config, to_dict
+    from lopt.metatrain.trainer import Engine
 
     config = load_config(cfg_path)
     one = Engine(config, devices=jax.devices()[:1])

@@ -8,7 +8,7 @@ import math
 import jax
 import pytest
 
-from eval.compare import compare_on_suite
+from lopt.eval.compare import compare_on_suite
 
 LEARNED = "small_fc_fresh"
 
@@ -99,8 +99,8 @@ def test_unknown_optimizer_and_suite_give_clear_errors(capsys):
 
 def test_extra_baseline_and_determinism():
     """An optax baseline from the suite YAML is run and compared; same config twice gives the same report."""
-    from eval.evaluate import evaluate_suite
-    from eval.suite import parse_suite
+    from lopt.eval.evaluate import evaluate_suite
+    from lopt.eval.suite import parse_suite
 
     suite = parse_suite({
         "seeds": 1, "tuning_seeds": 2, "eval_every": 5,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from eval.bench import parse_parts
-from eval.errors import EvalError
+from lopt.eval.bench import parse_parts
+from lopt.eval.errors import EvalError
 
 
 def test_bench_quick_writes_json(tmp_path, capsys):

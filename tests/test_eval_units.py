@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from eval import metrics
-from eval.errors import EvalError
-from eval.evaluate import build_task, scaled_steps
-from eval.suite import MIN_GRID_POINTS, load_suite, parse_suite, suite_names
+from lopt.eval import metrics
+from lopt.eval.errors import EvalError
+from lopt.eval.evaluate import build_task, scaled_steps
+from lopt.eval.suite import MIN_GRID_POINTS, load_suite, parse_suite, suite_names
 
 INF = float("inf")
 
@@ -67,7 +67,7 @@ def test_grid_always_contains_default_lr():
 
 
 def test_bad_task_name_and_override_are_clear():
-    from tasks.base import TaskError
+    from lopt.tasks.base import TaskError
 
     with pytest.raises(TaskError, match="unknown task 'nope'.*mlp_digits"):
         build_task(parse_suite({"tasks": [{"task": "nope", "steps": 5}]}).tasks[0])

@@ -13,7 +13,7 @@ import pytest
 from lopt.architectures.hyper import Hyper
 from lopt.base import OptimizerError
 from lopt.optax_export import as_optax
-from tasks.quadratic import Quadratic
+from lopt.tasks.quadratic import Quadratic
 
 OPT = Hyper(lstm_hidden=8, num_mlps=3, momentum_decays=(0.9, 0.99), loss_ema_decays=(0.5, 0.9, 0.99, 0.999))
 META = OPT.init_meta_params(jax.random.PRNGKey(0))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metatrain.build import build_meta_optimizer, build_unroller
-from metatrain.config import ConfigError, TrainConfig, load_config, to_dict
+from lopt.metatrain.build import build_meta_optimizer, build_unroller
+from lopt.metatrain.config import ConfigError, TrainConfig, load_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -61,7 +61,7 @@ def test_bad_values_are_rejected_naming_the_key(override, key):
 
 
 def test_bad_names_and_files_give_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):

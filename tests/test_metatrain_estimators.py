@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from lopt.base import LearnedOptimizer
-from metatrain.estimators import PES, Backprop, FullES, TruncatedES
-from metatrain.unroll import EpisodeSchedule, Group, Unroller
-from tasks.quadratic import Quadratic
+from lopt.metatrain.estimators import PES, Backprop, FullES, TruncatedES
+from lopt.metatrain.unroll import EpisodeSchedule, Group, Unroller
+from lopt.tasks.quadratic import Quadratic
 
 K = 5  # truncation length
 EPISODE = 8  # not a multiple of K: resets happen inside truncations
@@ -202,7 +202,7 @@ def test_backprop_matches_jax_grad_of_the_unroll():
 
 def test_backprop_of_the_log_meta_loss_matches_jax_grad():
     """``loss_transform: log`` averages log(loss + floor) over the truncation."""
-    from metatrain.unroll import LOG_FLOOR
+    from lopt.metatrain.unroll import LOG_FLOOR
 
     def log_objective(theta):
         return jnp.mean(jnp.log(true_losses(theta, K) + LOG_FLOOR))
@@ -245,7 +245,7 @@ def test_nonfinite_losses_are_masked_and_counted():
 
 def test_mixture_with_augmentation_stagger_and_validation_meta_loss():
     """Two vmapped groups of different shapes in one jitted step, every knob on."""
-    from metatrain.unroll import Augmentation
+    from lopt.metatrain.unroll import Augmentation
 
     u = Unroller(
         arch=ARCH,

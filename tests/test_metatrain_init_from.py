@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lopt import TrainedOptimizer, architectures
-from metatrain.build import load_init_meta_params, overlay_meta_params
-from metatrain.config import ConfigError, OptimizerConfig, TrainConfig
+from lopt.metatrain.build import load_init_meta_params, overlay_meta_params
+from lopt.metatrain.config import ConfigError, OptimizerConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")

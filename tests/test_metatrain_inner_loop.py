@@ -1,4 +1,4 @@
-"""metatrain.inner_loop: one task trained by any optax optimizer in one scan."""
+"""lopt.metatrain.inner_loop: one task trained by any optax optimizer in one scan."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatrain.inner_loop import eval_steps, make_train_fn, train_task
-from tasks.quadratic import Quadratic
+from lopt.metatrain.inner_loop import eval_steps, make_train_fn, train_task
+from lopt.tasks.quadratic import Quadratic
 
 TASK = Quadratic(dim=4, condition=10.0)
 DATA = TASK.load_data()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import lopt
-from metatrain import build
-from metatrain.config import ConfigError, load_config
-from metatrain.trainer import OPTIMIZER_FILE, train
+from lopt.metatrain import build
+from lopt.metatrain.config import ConfigError, load_config
+from lopt.metatrain.trainer import OPTIMIZER_FILE, train
 
 CONFIG_YAML = """
 seed: 0
@@ -76,9 +76,9 @@ def test_mup_mode_adapts_hyper_and_refuses_non_mup_tasks():
 
 
 def test_evaluation_applies_the_factors_the_file_asks_for(trained):
-    from eval.evaluate import learned_optax, uses_mup
-    from eval.suite import EvalError, load_suite, parse_suite
-    from tasks.mup import MupMLP
+    from lopt.eval.evaluate import learned_optax, uses_mup
+    from lopt.eval.suite import EvalError, load_suite, parse_suite
+    from lopt.tasks.mup import MupMLP
 
     _, out = trained
     opt = lopt.load(out / OPTIMIZER_FILE)

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 import pytest
 
-from metatrain import checkpoint
-from metatrain.config import load_config
-from metatrain.trainer import METRICS_FILE, OPTIMIZER_FILE, Engine, train
+from lopt.metatrain import checkpoint
+from lopt.metatrain.config import load_config
+from lopt.metatrain.trainer import METRICS_FILE, OPTIMIZER_FILE, Engine, train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -137,10 +137,10 @@ def test_checkpoint_from_another_config_is_refused(setup, tmp_path):
 
 def test_init_from_warm_starts_from_an_optimizer_file(setup, tmp_path):
     """``optimizer.init_from`` replaces the random init; another architecture is a clear error."""
-    from metatrain.config import ConfigError
+    from lopt.metatrain.config import ConfigError
 
     base, cfg_path, config, engine, reference = setup
-    from metatrain.trainer import _export
+    from lopt.metatrain.trainer import _export
 
     _export(engine, reference, tmp_path, STEPS)
     warm = load_config(cfg_path, [f"optimizer.init_from={tmp_path / OPTIMIZER_FILE}"])
@@ -159,8 +159,8 @@ def test_a_resumed_warm_start_does_not_need_its_init_file(setup, tmp_path):
     """Once a warm-started run has a checkpoint, its ``init_from`` file may be gone."""
     import shutil
 
-    from metatrain.config import ConfigError
-    from metatrain.trainer import _export
+    from lopt.metatrain.config import ConfigError
+    from lopt.metatrain.trainer import _export
 
     base, cfg_path, config, engine, reference = setup
     _export(engine, reference, tmp_path, STEPS)

@@ -14,10 +14,10 @@ from lopt import mup
 from lopt.architectures.hyper import Hyper
 from lopt.base import OptimizerError
 from lopt.optax_export import as_optax
-from tasks.base import TaskError
-from tasks.char_lm import CharTransformerLM
-from tasks.mup import MupMLP, MupTransformer, mup_mlp_family, mup_transformer_family
-from tasks.quadratic import Quadratic
+from lopt.tasks.base import TaskError
+from lopt.tasks.char_lm import CharTransformerLM
+from lopt.tasks.mup import MupMLP, MupTransformer, mup_mlp_family, mup_transformer_family
+from lopt.tasks.quadratic import Quadratic
 
 BASE = 32
 KEY = jax.random.PRNGKey(0)

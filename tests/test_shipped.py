@@ -38,7 +38,7 @@ def test_shipped_recipe_configs_exist_and_the_last_one_made_the_file():
     import re
     from pathlib import Path
 
-    from metatrain.config import load_config, to_dict
+    from lopt.metatrain.config import load_config, to_dict
 
     meta = lopt.pretrained("default").metadata
     stages = re.findall(r"--config (\S+)", meta["recipe"])
@@ -60,7 +60,7 @@ def test_train_without_config_is_the_main_job():
 
 def test_main_job_trains_then_compares(tmp_path):
     """The main job end to end, shrunk: a few outer steps on quadratics, the smoke suite."""
-    from eval.main_job import run_main_job
+    from lopt.eval.main_job import run_main_job
 
     overrides = (
         "num_outer_steps=3",

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tasks import datasets, registry
-from tasks.base import TaskError
-from tasks.datasets import get_spec
+from lopt.tasks import datasets, registry
+from lopt.tasks.base import TaskError
+from lopt.tasks.datasets import get_spec
 
 
 def _structure(task):
@@ -171,7 +171,7 @@ def test_families_are_well_formed():
 
 
 def test_bad_structure_is_a_clear_error():
-    from tasks.mlp import MLPClassifier
+    from lopt.tasks.mlp import MLPClassifier
 
     with pytest.raises(TaskError, match="valid activations"):
         MLPClassifier(activation="swishy")

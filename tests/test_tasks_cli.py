@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import registry
+from lopt.tasks import registry
 
 
 def test_lopt_tasks_lists_everything(capsys):
@@ -34,7 +34,7 @@ def test_lopt_tasks_lists_everything(capsys):
 def test_lopt_tasks_kind_filter():
     import argparse
 
-    from tasks import cli
+    from lopt.tasks import cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
@@ -47,7 +47,7 @@ def test_lopt_tasks_kind_filter():
 
 def test_user_defined_task_from_docstring_example():
     """The few-lines recipe in tasks/supervised.py (and README) really works."""
-    from tasks.supervised import SimpleClassificationTask
+    from lopt.tasks.supervised import SimpleClassificationTask
 
     def init(key):
         return {"w": 0.1 * jax.random.normal(key, (64, 10)), "b": jnp.zeros(10)}
