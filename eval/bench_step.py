@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.inner_step import inner_step, optax_update
 from lopt.tasks.base import Task
 
 REFERENCE_MODELS = ("mlp_digits", "cnn_digits", "char_lm")
@@ -33,19 +34,17 @@ def scanned_training(task: Task, tx: optax.GradientTransformation, num_steps: in
     Only the step is measured (no validation, unlike ``train_task``), so the
     ratio to Adam is the ratio of step costs.
     """
-    tx = optax.with_extra_args_support(tx)
+    update = optax_update(tx)
+    hp = task.default_hparams()
 
     def run(data, key):
         k_init, k_batch = jax.random.split(key)
-        params = task.init(k_init)
+        params = task.init(k_init, hp)
         state = tx.init(params)
 
         def step(carry, t):
-            params, state = carry
-            batch = task.sample_batch(data, jax.random.fold_in(k_batch, t))
-            loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            updates, state = tx.update(grads, state, params, value=loss)
-            return (optax.apply_updates(params, updates), state), loss
+            params, state, loss = inner_step(task, data, update, *carry, jax.random.fold_in(k_batch, t), hp)
+            return (params, state), loss
 
         _, losses = jax.lax.scan(step, (params, state), jnp.arange(num_steps, dtype=jnp.int32))
         return losses[-1]

@@ -74,16 +74,29 @@ def uses_mup(opt: Any, suite: Suite) -> bool:
 
 
 def learned_optax(opt: ExportsOptax, task: Task, num_steps: int, mup: bool) -> optax.GradientTransformationExtraArgs:
-    """``opt`` as optax for ``task``; in the muP mode with the task's per-layer factors (lopt.mup).
+    """``opt`` as optax for ``task``; in the muP mode with the task's per-layer factors.
 
-    Tasks without ``mup_scales`` (not muP tasks) get factors of 1, i.e. the
-    optimizer as it runs at its base width.
+    The factors come from :func:`lopt.mup.update_scales_for_task`, the one
+    policy that meta-training and meta-validation use too: in the muP mode a
+    task without muP factors is refused (see :func:`check_mup_tasks`).
     """
-    if not (mup and callable(getattr(task, "mup_scales", None))):
-        return opt.as_optax(num_steps)
     from lopt.mup import update_scales_for_task
 
-    return opt.as_optax(num_steps, update_scales=update_scales_for_task(task))
+    scales = update_scales_for_task(task, enabled=mup)
+    return opt.as_optax(num_steps) if scales is None else opt.as_optax(num_steps, update_scales=scales)
+
+
+def check_mup_tasks(learned: Mapping[str, ExportsOptax], suite: Suite) -> None:
+    """Refuse, before any run, a muP-mode optimizer on a suite with non-muP tasks."""
+    modes = [name for name, opt in learned.items() if uses_mup(opt, suite)]
+    if not modes:
+        return
+    for spec in suite.tasks:
+        if not callable(getattr(build_task(spec), "mup_scales", None)):
+            raise EvalError(
+                f"{modes[0]!r} runs in the muP mode but task {spec.display!r} of suite {suite.name!r} has no muP "
+                "factors; evaluate it on a muP suite (e.g. mup_generalization)"
+            )
 
 
 def build_task(spec: TaskSpec) -> Task:
@@ -271,6 +284,7 @@ def evaluate_suite(
     if num_seeds < 1:
         raise EvalError(f"need at least 1 reporting seed, got {num_seeds}")
     report_seeds = list(range(TUNING_SEED + 1, TUNING_SEED + 1 + num_seeds))
+    check_mup_tasks(learned, suite)
     units = len(suite.tasks) * (len(learned) + 2 + len(suite.baselines))
     start = time.perf_counter()
     with _progress(units, progress) as bar:

@@ -15,7 +15,6 @@ wrapped with :func:`optax.with_extra_args_support` and ignore it).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.inner_step import inner_step, optax_update
 from lopt.tasks.base import Data, HParams, Task
 
 
@@ -81,18 +81,13 @@ def train_task(
       ``eval_step`` (E,) the step numbers; ``final_params`` if requested.
     """
     hp = task.default_hparams() if hparams is None else hparams
-    tx = optax.with_extra_args_support(tx)
+    update = optax_update(tx)
     k_init, k_train, k_valid = jax.random.split(key, 3)
     params = task.init(k_init, hp)
     opt_state = tx.init(params)
-    grad_fn = jax.value_and_grad(task.loss)
 
     def step(carry, t):
-        params, opt_state = carry
-        batch = task.sample_batch(data, jax.random.fold_in(k_train, t), "train", hp)
-        loss, grads = grad_fn(params, batch, hp)
-        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-        params = optax.apply_updates(params, updates)
+        params, opt_state, loss = inner_step(task, data, update, *carry, jax.random.fold_in(k_train, t), hp)
         return (params, opt_state), loss
 
     def run(carry, start, length):
@@ -124,41 +119,3 @@ def train_task(
     if return_params:
         out["final_params"] = carry[0]
     return out
-
-
-def make_train_fn(
-    task: Task,
-    tx: optax.GradientTransformation,
-    num_steps: int,
-    eval_every: int = 100,
-    eval_batches: int = 4,
-    num_seeds: int | None = None,
-    return_params: bool = False,
-):
-    """A jitted ``fn(data, key, hparams=None) -> dict`` for repeated use.
-
-    With ``num_seeds`` the function is vmapped over ``jax.random.split(key,
-    num_seeds)`` (one init/batch stream per seed; ``hparams`` shared) and every
-    output gains a leading seed axis.
-    """
-    fn = functools.partial(
-        train_task,
-        task,
-        tx=tx,
-        num_steps=num_steps,
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        return_params=return_params,
-    )
-
-    def single(data, key, hparams=None):
-        return fn(data, key=key, hparams=hparams)
-
-    if num_seeds is None:
-        return jax.jit(single)
-
-    def many(data, key, hparams=None):
-        keys = jax.random.split(key, num_seeds)
-        return jax.vmap(lambda k: fn(data, key=k, hparams=hparams))(keys)
-
-    return jax.jit(many)

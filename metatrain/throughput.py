@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import optax
 
+from lopt.inner_step import inner_step, optax_update
 from lopt.metatrain.config import TrainConfig
 from lopt.metatrain.trainer import Engine
 
@@ -24,6 +25,7 @@ def _adam_runner(engine: Engine):
     """A jitted ``(carry, key) -> carry`` training every task instance K steps with Adam."""
     u = engine.unroller
     tx = optax.adam(1e-3)
+    update = optax_update(tx)
     width = [g.num_tasks * u.num_branches for g in u.groups]
 
     def init(key):
@@ -41,11 +43,8 @@ def _adam_runner(engine: Engine):
                 task, hp = g.task, g.task.default_hparams()
                 keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, t), gi), n)
 
-                def one(params, opt_state, k):
-                    batch = task.sample_batch(data[gi], k, "train", hp)
-                    loss, grads = jax.value_and_grad(task.loss)(params, batch, hp)
-                    updates, opt_state = tx.update(grads, opt_state, params)
-                    return optax.apply_updates(params, updates), opt_state, loss
+                def one(params, opt_state, k, task=task, hp=hp, d=data[gi]):
+                    return inner_step(task, d, update, params, opt_state, k, hp)
 
                 params, opt_state, _ = jax.vmap(one)(*carry[gi], keys)
                 out.append((params, opt_state))

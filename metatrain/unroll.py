@@ -37,9 +37,9 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from lopt.base import LearnedOptimizer
+from lopt.inner_step import inner_step
 from lopt.mup import update_scales_for_task
 from lopt.tasks.base import Task
 
@@ -305,23 +305,18 @@ class Unroller:
         def task_step(mp_n, slots: TaskSlots, br: Branches, k):
             hp = slots.hparams
             kb, kv = jax.random.split(k)
-            batch = task.sample_batch(data, kb, "train", hp)
             vbatch = task.sample_batch(data, kv, "valid", hp) if self.meta_loss == "valid" else None
             scale = slots.param_scale if self.augment.active else None
-
-            def real(p):
-                return p if scale is None else jax.tree.map(lambda x: x * scale, p)
-
-            def seen_loss(p):
-                raw = task.loss(real(p), batch, hp)
-                return raw * slots.loss_scale if self.augment.active else raw, raw
+            loss_scale = slots.loss_scale if self.augment.active else None
 
             def branch(mp_b, params, opt_state):
-                (seen, raw), grads = jax.value_and_grad(seen_loss, has_aux=True)(params)
-                updates, opt_state = self.arch.update(mp_b, opt_state, grads, params, seen)
-                params = optax.apply_updates(params, updates)
+                def update(grads, state, p, loss):
+                    return self.arch.update(mp_b, state, grads, p, loss)
+
+                params, opt_state, raw = inner_step(task, data, update, params, opt_state, kb, hp, scale, loss_scale)
                 if vbatch is not None:
-                    raw = task.loss(real(params), vbatch, hp)
+                    real = params if scale is None else jax.tree.map(lambda x: x * scale, params)
+                    raw = task.loss(real, vbatch, hp)
                 return params, opt_state, raw
 
             params, opt_state, raw = jax.vmap(branch, (mp_axis, 0, 0))(mp_n, br.params, br.opt_state)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.metatrain.inner_loop import eval_steps, make_train_fn, train_task
+from lopt.metatrain.inner_loop import eval_steps, train_task
 from lopt.tasks.quadratic import Quadratic
 
 TASK = Quadratic(dim=4, condition=10.0)
@@ -41,8 +41,9 @@ def test_vmapped_over_seeds_with_the_loss_passed_as_value():
 
         return optax.GradientTransformationExtraArgs(lambda p: jnp.zeros((), jnp.int32), update)
 
-    fn = make_train_fn(TASK, loss_scaled_sgd(), 5, eval_every=5, num_seeds=3)
-    out = fn(DATA, jax.random.PRNGKey(1))
+    tx = loss_scaled_sgd()
+    fn = jax.jit(jax.vmap(lambda k: train_task(TASK, DATA, tx, k, 5, eval_every=5)))
+    out = fn(jax.random.split(jax.random.PRNGKey(1), 3))
     assert out["train_loss"].shape == (3, 5) and out["valid_loss"].shape == (3, 2)
     assert not np.allclose(out["train_loss"][0], out["train_loss"][1])  # different seeds
     assert np.all(out["valid_loss"][:, -1] < out["valid_loss"][:, 0])
