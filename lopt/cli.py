@@ -7,7 +7,8 @@ user who only deploys an optimizer never imports the meta-training code.
 
 Errors that come from bad input (unknown names, malformed configs, broken
 files) are printed as one line, ``lopt: error: ...``, with exit status 2.
-Set ``LOPT_DEBUG=1`` to see the full traceback instead.
+Set ``LOPT_DEBUG=1`` to see the full traceback instead. Ctrl-C exits with
+status 130 (``lopt train`` first saves a checkpoint; see its ``--help``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("lopt.tasks.cli", "list registered tasks and task families"),
     "train": ("lopt.metatrain.cli", "meta-train a learned optimizer from a YAML config"),
+    "recipe": ("lopt.metatrain.cli_recipe", "run a multi-stage meta-training recipe (configs/recipes/)"),
     "eval": ("lopt.eval.cli_eval", "compare a learned optimizer with Adam on a suite of tasks"),
     "bench": ("lopt.eval.cli_bench", "measure step time, meta-training throughput and memory"),
 }
@@ -66,7 +68,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("lopt: interrupted", file=sys.stderr)
+        if argv is None:  # the real command (tests pass argv and get the status back)
+            _exit_now(130)
         return 130
+
+
+def _exit_now(status: int) -> None:
+    """Exit without interpreter teardown after a Ctrl-C.
+
+    A KeyboardInterrupt can land while JAX's C++ runtime is mid-call (a
+    compile, a transfer); tearing the interpreter down afterwards then crashed
+    with a segfault (exit -11). Nothing of ours needs teardown: files are
+    written atomically and closed, so flush the streams and leave.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":
