@@ -111,3 +111,27 @@ def test_every_shipped_recipe_validates():
     for name in configs.names("recipes"):
         recipe = load_recipe(name)
         assert recipe.stages and recipe.name == name
+
+
+def test_shipped_files_name_the_recipe_that_made_them():
+    """A shipped optimizer's provenance is a committed recipe whose last stage is the config stored in the file."""
+    import dataclasses
+    from pathlib import Path
+
+    from lopt.metatrain.config import to_dict
+    from lopt.metatrain.recipe import stage_config
+
+    checked = 0
+    for name in lopt.pretrained():
+        meta = lopt.pretrained(name).metadata
+        if not isinstance(meta.get("recipe"), dict):
+            continue  # trained before recipes existed and never re-recorded (e.g. hyper_mup)
+        committed = load_recipe(meta["recipe"]["name"])
+        assert committed.sha256 == meta["recipe"]["sha256"] == parse_recipe(meta["recipe"]["text"]).sha256, name
+        last = to_dict(stage_config(committed, len(committed.stages) - 1, Path("out")))
+        stored = meta["config"]
+        blank = lambda c: {**c, "optimizer": {**c["optimizer"], "init_from": ""}}
+        assert blank(last) == blank(stored), name
+        assert [s["name"] for s in meta["stages"]] == [s.name for s in committed.stages], name
+        checked += 1
+    assert checked >= 1
