@@ -8,7 +8,11 @@ Three parts, each selectable:
   reference configuration, and the engine's efficiency (inner steps/s of
   meta-training relative to plain Adam training of the same tasks), from
   :func:`lopt.metatrain.throughput.measure_throughput`;
-* ``memory``     -- optimizer state bytes per parameter vs Adam.
+* ``memory``     -- optimizer state bytes per parameter vs Adam;
+* ``large``      -- a 10.5M-parameter model, where the optimizer's per-parameter
+  cost shows: full step time, optimizer-alone ns/param and state bytes of
+  every architecture and ``pretrained:default`` against ``optax.adam`` and
+  ``optax.adamw`` (:mod:`lopt.eval.bench_large`).
 
 Results carry the machine they ran on, because a timing without its machine
 means nothing.
@@ -28,11 +32,11 @@ from typing import Any
 import jax
 
 from lopt import configs
-from lopt.eval import bench_step
+from lopt.eval import bench_large, bench_step
 from lopt.eval.errors import EvalError
 from lopt.eval.report import to_jsonable
 
-PARTS = ("step_time", "throughput", "memory")
+PARTS = ("step_time", "throughput", "memory", "large")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +50,13 @@ class BenchSettings:
     repeats: int = 3
     outer_steps: int = 20
     config: str | None = None  # meta-training config for throughput (default: the reference one)
+    large_steps: int = 10  # steps per timed scan on the large model
+    large_widths: tuple[int, ...] = bench_large.WIDTHS  # layer widths of the large model (10.5M parameters)
 
     @classmethod
     def quick(cls, **kw: Any) -> "BenchSettings":
-        base = dict(models=("mlp_digits",), num_steps=50, repeats=2, outer_steps=3)
+        base = dict(models=("mlp_digits",), num_steps=50, repeats=2, outer_steps=3, large_steps=2,
+                    large_widths=(64, 128, 128, 64))
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -133,6 +140,11 @@ def run_bench(settings: BenchSettings, quick: bool = False, verbose: bool = True
     if "throughput" in settings.parts:
         say(f"meta-training throughput ({settings.outer_steps} outer steps)")
         out["throughput"] = bench_throughput(settings.config, settings.outer_steps, 1 if quick else 2)
+    if "large" in settings.parts:
+        n = bench_large.num_params(settings.large_widths)
+        say(f"large model ({n:,} parameters, {settings.large_steps} steps x {settings.repeats} repeats)")
+        learned = bench_step.learned_txs(1000, archs)
+        out["large"] = bench_large.bench_large(learned, settings.large_steps, settings.repeats, settings.large_widths)
     out["wall_time_s"] = time.perf_counter() - t0
     return out
 
@@ -168,6 +180,8 @@ def render_table(result: dict[str, Any]) -> str:
                 lines.append(f"| {model} | {r['num_params']} | {r['adam_bytes_per_param']:.2f} | {name} | "
                              f"{v['bytes_per_param']:.2f} | {v['ratio_to_adam']:.2f} |")
         lines.append("")
+    if "large" in result:
+        lines += bench_large.render(result["large"])
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
 """Compare a learned optimizer with Adam (default and tuned) on a suite of tasks.
 
-``lopt eval --optimizer PATH|NAME --suite NAME|PATH [--out DIR]`` trains every
-task of the suite with the learned optimizer, Adam(1e-3), Adam with a learning
-rate tuned per task on a separate seed, and any extra optax baselines of the
-suite, then writes ``report.json``, ``report.md`` and PNG plots to ``--out``
+``lopt eval --optimizer PATH|NAME --suite NAME|PATH [--baselines LIST] [--out DIR]``
+trains every task of the suite with the learned optimizer and the baselines
+(Adam(1e-3), tuned Adam, tuned AdamW with warm-up and cosine decay, prodigy,
+schedule-free AdamW, D-Adaptation AdamW: see :mod:`lopt.eval.baselines`) plus
+any extra optax baselines of the suite, then writes ``report.json``, ``report.md`` and PNG plots to ``--out``
 (default ``runs/eval/<suite>``) and prints the table.
 """
 
@@ -21,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--suite",
         default="smoke",
         help=f"shipped suite name ({', '.join(configs.names('eval'))}) or a YAML path (default: smoke)",
+    )
+    from lopt.eval.baselines import BUILTIN
+
+    parser.add_argument(
+        "--baselines",
+        default="all",
+        help=f"comma-separated baselines to run: {', '.join(BUILTIN)}; or 'all' (default) or 'none'",
     )
     parser.add_argument("--list-suites", action="store_true", help="print the shipped suite names and exit")
     parser.add_argument("--out", default=None, help="output directory (default: runs/eval/<suite>)")
@@ -46,11 +54,14 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.optimizer:
         raise EvalError("--optimizer is required (a saved optimizer file or a pretrained name)")
-    suite = load_suite(args.suite)  # validate cheap inputs before loading anything heavy
+    from lopt.eval.baselines import parse_baselines
+
+    baselines = parse_baselines(args.baselines)  # validate cheap inputs before loading anything heavy
+    suite = load_suite(args.suite)
     name, opt, source = resolve_optimizer(args.optimizer)
     out = Path(args.out) if args.out else Path("runs") / "eval" / suite.name
     report = evaluate_suite({name: opt}, suite, seeds=args.seeds, steps_scale=args.steps_scale,
-                            progress=not args.quiet, sources={name: source})
+                            progress=not args.quiet, sources={name: source}, baselines=baselines)
     paths = write_report(report, out, plots=not args.no_plots)
     print(summary_table(report))
     print("\n".join(outcome_lines(report)))

@@ -1,67 +1,75 @@
-"""The evaluation protocol: learned optimizers against Adam on every task of a suite.
+"""The evaluation protocol: learned optimizers against the optimizers users would pick instead.
 
 Per task, with reporting seeds ``1..N`` and tuning seeds ``0, -1, ...``
-(disjoint, so the tuned learning rate is never scored on a seed that chose it):
+(disjoint, so a tuned learning rate is never scored on a seed that chose it):
 
 1. each learned optimizer, exported through optax with the planned horizon,
    trains on every reporting seed (one compile, batched over seeds); one in the
    muP mode (its file's metadata or the suite says ``mup: true``) gets each muP
    task's per-layer update factors, as in its meta-training (:mod:`lopt.mup`);
-2. Adam's learning rate is tuned: every value of the suite's log grid (which
-   always contains the default 1e-3) trains on the tuning seeds in one batched
-   call; the value with the lowest mean final training loss wins (first on ties);
-3. Adam at the default rate and Adam at the tuned rate train on every
-   reporting seed (for short runs the same compiled program as step 2);
-4. extra optax baselines from the suite train on every reporting seed.
+2. the built-in baselines picked by ``--baselines`` (:mod:`lopt.eval.baselines`):
+   Adam(1e-3) and tuned Adam (one program for the grid and the reporting runs
+   where padding is cheap; tuned Adam also runs ``speedup_horizon`` times
+   longer for speedups), AdamW with warm-up and cosine decay at a tuned peak
+   rate (one program per horizon), and the tuning-free prodigy,
+   schedule_free_adamw (validated at its averaged parameters) and dadapt_adamw;
+   tuning picks the rate by best validation loss (:mod:`lopt.eval.tuning`);
+3. extra optax baselines from the suite YAML, fixed hyperparameters.
 
 Every run of a task uses the same keys, hence the same initial parameters and
-the same batches. The numbers derived from the curves are defined in
-:mod:`lopt.eval.metrics`.
+the same batches, and is validated on the whole validation split at the same
+steps (at least ``MIN_VALID_EVALS`` times). The numbers derived from the curves
+and the rule saying which tasks count are defined in :mod:`lopt.eval.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import jax
 import numpy as np
 import optax
 
 from lopt.eval import metrics, report as report_mod
+from lopt.eval.baselines import ADAM_DEFAULT, ADAM_TUNED, ADAMW_COSINE, BUILTIN, TUNING_FREE, tuning_free
 from lopt.eval.errors import EvalError
-from lopt.eval.runs import AdamRunner, Curves, run_optimizer
+from lopt.eval.runs import Curves, run_optimizer
+from lopt.eval.tuned_runs import TaskRuns, run_adam, run_adamw_cosine
 from lopt.eval.suite import BaselineSpec, Suite, TaskSpec
+from lopt.eval.tuning import TUNING_SEED, tuning_seeds
 from lopt.tasks.base import Task
 
-TUNING_SEED = 0
-# Grid search and reporting runs of Adam share one compiled program (padded to one
-# width) when the padding wastes at most this many training steps: on CPU a compile
-# costs seconds, which only pays off for short runs (measured: a 16-wide CNN padding
-# cost minutes, a smoke-suite MLP padding milliseconds).
-MAX_PADDED_STEPS = 10_000
-ADAM_DEFAULT = "adam_default"
-ADAM_TUNED = "adam_tuned"
+MIN_VALID_EVALS = 20  # validation points per run after step 0 (issue 14: at least 20 per run)
 
 DEFINITIONS = {
     "final train loss": "mean minibatch training loss over the last eval_every steps, averaged over reported seeds; "
     "a diverged run counts as +inf (shown as 'diverged', null in JSON)",
-    "valid loss / accuracy": "measured at the last step on 4 validation batches, mean over seeds",
-    "tuned Adam": "Adam with the learning rate of the log grid that gives the lowest final train loss averaged "
-    "over the tuning seeds (0, -1, ...); reported on the other seeds (1..N)",
-    "speedup": "S/T where T is the learned optimizer's steps and S the first step at which tuned Adam's seed-mean "
-    "train loss curve reaches the learned optimizer's final train loss; tuned Adam runs speedup_horizon*T steps; "
-    "if never reached the speedup is censored at speedup_horizon (shown '>x'); none if the learned one diverged",
-    "win/tie/loss": "final train losses a (learned) vs b (baseline): tie if |a-b| <= tie_rtol*max(|a|,|b|) + "
-    "tie_atol*loss_scale, else win if a<b, loss if a>b; a diverged side is +inf. Where b*(1-tie_rtol) - loss_floor "
-    "<= tie_atol*loss_scale (the baseline reached the task's loss floor: 0, or the exact minimum where the task "
-    "knows it) no a >= loss_floor can win: the outcomes count such tasks",
+    "best valid loss": "minimum over the evaluation steps of the seed-mean validation loss, measured on the whole "
+    "validation split at the same steps for every optimizer (at least 20 times per run); schedule_free_adamw is "
+    "validated at its averaged parameters",
+    "tuned baselines": "adam_tuned (constant rate) and adamw_cosine (AdamW, linear warm-up over 5% of the steps, "
+    "cosine decay to 0) use the rate of the suite's log grid with the lowest best valid loss on the tuning seeds "
+    "(0, -1, ...); reported on the other seeds (1..N)",
+    "tuning-free baselines": "prodigy, schedule_free_adamw, dadapt_adamw from optax.contrib at their defaults",
+    "speedup (valid)": "S/T* where T* is the first step at which the learned optimizer reaches its best valid loss "
+    "and S the first step at which the baseline's seed-mean valid curve reaches it; censored (shown '>x') at the "
+    "baseline's last step / T* when it never does (a lower bound >= 1). It measures how fast, not how good: a "
+    "learned optimizer whose best is worse can still reach it sooner (speedup > 1 with a loss), so read it with "
+    "win/tie/loss",
+    "speedup (train)": "S/T where T is the learned optimizer's steps and S the first step at which the baseline's "
+    "seed-mean train curve reaches the learned optimizer's final train loss; censored like the valid one; tuned "
+    "Adam runs speedup_horizon*T steps",
+    "win/tie/loss": "a (learned) vs b (baseline), final train losses or best valid losses: tie if |a-b| <= "
+    "tie_rtol*max(|a|,|b|) + tie_atol*loss_scale (one tie band), else win if a<b, loss if a>b; a diverged side "
+    "is +inf",
+    "saturation rule": "a task counts for a metric only if the reference baseline (suite key saturation.reference, "
+    "tuned AdamW-cosine by default, tuned Adam when it was not run) ends at least saturation.bands tie bands above "
+    "the task's loss floor on that metric (its final train loss, its best valid loss); win/tie/loss counts and "
+    "speedup aggregates use the counted tasks only",
     "divergence": "a run whose train loss curve is non-finite or exceeds divergence_factor x its initial loss",
 }
-
-
 class ExportsOptax(Protocol):
     def as_optax(self, num_steps: int) -> optax.GradientTransformationExtraArgs: ...
 
@@ -116,10 +124,12 @@ def build_task(spec: TaskSpec) -> Task:
         raise EvalError(f"task {spec.display!r}: bad overrides ({err})") from None
 
 
-def scaled_steps(steps: int, scale: float, eval_every: int) -> tuple[int, int]:
-    """(steps, eval_every) after ``--steps-scale``: steps a positive multiple of eval_every."""
-    every = min(eval_every, max(1, int(round(steps * scale))))
-    n = max(1, int(round(steps * scale / every))) * every
+def scaled_steps(steps: int, scale: float, eval_every: int, min_evals: int = MIN_VALID_EVALS) -> tuple[int, int]:
+    """(steps, eval_every) after ``--steps-scale``: steps a positive multiple of eval_every, and eval_every
+    small enough for at least ``min_evals`` validation points after step 0 (every step when runs are shorter)."""
+    target = max(1, int(round(steps * scale)))
+    every = max(1, min(eval_every, target // min_evals))
+    n = max(1, int(round(target / every))) * every
     return n, every
 
 
@@ -131,54 +141,78 @@ def make_baseline(spec: BaselineSpec) -> optax.GradientTransformation:
 
 
 def summarize_runs(curves: Curves, divergence_factor: float) -> dict[str, Any]:
-    """Final numbers (means over seeds, divergences as inf) and the curves of one optimizer on one task."""
+    """Final and best numbers (means over seeds, divergences as inf) and the curves of one optimizer on one task."""
     div = metrics.diverged_runs(curves.train_loss, divergence_factor)
     train = metrics.final_values(curves.train_loss, div)
     valid = metrics.final_values(curves.valid_loss, div)
+    best, best_step = metrics.best_along(curves.steps, metrics.seed_mean_curve(curves.valid_loss))
+    per_seed = [metrics.best_along(curves.steps, row)[0] for row in curves.valid_loss]
     entry = {
         "final_train_loss": metrics.seed_mean(train),
         "final_train_loss_per_seed": train.tolist(),
+        "best_valid_loss": best,
+        "best_valid_step": best_step,
+        "best_valid_loss_per_seed": per_seed,
         "final_valid_loss": metrics.seed_mean(valid),
-        "final_valid_loss_per_seed": valid.tolist(),
-        "final_valid_accuracy": None,
+        "best_valid_accuracy": None,
         "diverged": int(div.sum()),
         "curve": {"train_loss": curves.train_loss.tolist(), "valid_loss": curves.valid_loss.tolist()},
     }
     if curves.valid_accuracy is not None:
-        acc = curves.valid_accuracy[:, -1][~div]  # accuracy of the runs that did not diverge
-        entry["final_valid_accuracy"] = float(np.mean(acc)) if acc.size else None
+        if best_step is not None:  # accuracy at the early-stopping step
+            i = int(np.searchsorted(curves.steps, best_step))
+            entry["best_valid_accuracy"] = float(np.mean(curves.valid_accuracy[:, i]))
         entry["curve"]["valid_accuracy"] = curves.valid_accuracy.tolist()
     return entry
 
 
-def tuning_seeds(count: int) -> list[int]:
-    """Seeds ``0, -1, -2, ...``: never among the reporting seeds ``1..N``."""
-    return [TUNING_SEED - i for i in range(count)]
+def reference_baseline(suite: Suite, ran: Sequence[str]) -> str | None:
+    """The baseline the saturation rule looks at: the suite's reference, else tuned Adam, else none."""
+    for name in (suite.saturation_reference, ADAM_TUNED):
+        if name in ran:
+            return name
+    return None
 
 
-def tune_adam(runner: AdamRunner, data: Any, suite: Suite, num_steps: int):
-    """Grid search on the tuning seeds; returns (chosen lr, record for the report).
+def saturation(suite: Suite, opts: Mapping[str, Any], ran: Sequence[str], floor: float, atol: float) -> dict:
+    """Which metrics this task counts for, and why (see :mod:`lopt.eval.metrics`, "Saturation rule")."""
+    ref = reference_baseline(suite, ran)
+    out = {}
+    for metric, key in (("train", "final_train_loss"), ("valid", "best_valid_loss")):
+        if ref is None:
+            out[metric] = {"counts": True, "reference": None, "why": "no reference baseline was run"}
+            continue
+        value = opts[ref][key]
+        rule = metrics.counts_for_metric(value, floor, suite.tie_rtol, atol, suite.saturation_bands)
+        above = rule["bands_above_floor"]
+        why = (f"{ref} {key.replace('_', ' ')} {value:.4g} is "
+               + ("diverged" if above is None else f"{above:.1f} tie bands above the floor {floor:.4g}")
+               + f" ({'>=' if rule['counts'] else '<'} {suite.saturation_bands:g} required)")
+        out[metric] = {**rule, "reference": ref, "reference_value": value, "floor": floor,
+                       "bands_required": suite.saturation_bands, "why": why}
+    return out
 
-    A learning rate's score is its final train loss averaged over the tuning
-    seeds (``inf`` if any of them diverged): with more than one tuning seed,
-    a rate at the edge of stability that happened to survive one seed loses.
-    """
-    grid, seeds = list(suite.lr_grid), tuning_seeds(suite.tuning_seeds)
-    curves = runner(data, [lr for lr in grid for _ in seeds], [s for _ in grid for s in seeds]).upto(num_steps)
-    div = metrics.diverged_runs(curves.train_loss, suite.divergence_factor)
-    finals = metrics.final_values(curves.train_loss, div).reshape(len(grid), len(seeds))
-    scores = np.asarray([metrics.seed_mean(row) for row in finals])
-    best = int(np.argmin(scores))  # first minimum on ties
-    default_idx = int(np.argmin([abs(math.log(g) - math.log(suite.default_lr)) for g in grid]))
-    record = {
-        "seeds": seeds,
-        "lr_grid": grid,
-        "scores": scores.tolist(),
-        "chosen_lr": float(grid[best]),
-        "chosen_score": float(scores[best]),
-        "default_lr_score": float(scores[default_idx]),
-    }
-    return float(grid[best]), record
+
+def compare_task(learned: Sequence[str], baselines: Sequence[str], runs: TaskRuns, opts: Mapping[str, Any],
+                 num_steps: int, rtol: float, atol: float) -> tuple[dict, dict]:
+    """Speedups and win/tie/loss of every learned optimizer against every baseline, on both metrics."""
+    speedups: dict[str, Any] = {}
+    outcomes: dict[str, Any] = {}
+    for n in learned:
+        speedups[n], outcomes[n] = {}, {}
+        a = opts[n]
+        for b in baselines:
+            c = runs.long.get(b, runs.curves[b])
+            speedups[n][b] = {
+                "train": metrics.speedup(a["final_train_loss"], c.steps, metrics.seed_mean_curve(c.train_loss), num_steps),
+                "valid": metrics.speedup(a["best_valid_loss"], c.steps, metrics.seed_mean_curve(c.valid_loss),
+                                         a["best_valid_step"]),
+            }
+            outcomes[n][b] = {
+                "train": metrics.compare(a["final_train_loss"], opts[b]["final_train_loss"], rtol, atol),
+                "valid": metrics.compare(a["best_valid_loss"], opts[b]["best_valid_loss"], rtol, atol),
+            }
+    return speedups, outcomes
 
 
 def evaluate_task(
@@ -186,6 +220,7 @@ def evaluate_task(
     learned: Mapping[str, ExportsOptax],
     suite: Suite,
     report_seeds: list[int],
+    baselines: Sequence[str] = BUILTIN,
     steps_scale: float = 1.0,
     tick: Any = None,
 ) -> dict[str, Any]:
@@ -194,54 +229,40 @@ def evaluate_task(
     task = build_task(spec)
     data = task.load_data()
     num_steps, every = scaled_steps(spec.steps, steps_scale, spec.eval_every or suite.eval_every)
-    factor, opts, timing = suite.divergence_factor, {}, {}
-    curves_by: dict[str, Curves] = {}
+    runs = TaskRuns()
 
     for name, opt in learned.items():
         t0 = time.perf_counter()
         tx = learned_optax(opt, task, num_steps, uses_mup(opt, suite))
-        curves_by[name] = run_optimizer(task, data, tx, report_seeds, num_steps, every)
-        timing[name] = time.perf_counter() - t0
+        runs.curves[name] = run_optimizer(task, data, tx, report_seeds, num_steps, every)
+        runs.wall_time_s[name] = time.perf_counter() - t0
         tick(f"{spec.display}: {name}")
-
-    t0 = time.perf_counter()
-    long_steps = int(math.ceil(suite.speedup_horizon * num_steps / every)) * every
-    r, g = len(report_seeds), len(suite.lr_grid) * suite.tuning_seeds
-    padded_waste = (max(g, 2 * r) - 2 * r) * long_steps + (max(g, 2 * r) - g) * long_steps + g * (long_steps - num_steps)
-    if padded_waste <= MAX_PADDED_STEPS:  # short: padding costs less than a second compile
-        tuner = reporter = AdamRunner(task, long_steps, every, width=max(g, 2 * r))
-    else:  # long: exactly sized programs, tuning only as long as the learned optimizer runs
-        tuner, reporter = AdamRunner(task, num_steps, every, width=g), AdamRunner(task, long_steps, every, width=2 * r)
-    lr, tuning = tune_adam(tuner, data, suite, num_steps)
-    tick(f"{spec.display}: tune adam")
-    both = reporter(data, [suite.default_lr] * r + [lr] * r, report_seeds * 2)
-    adam_long = both.take_runs(slice(r, 2 * r))
-    curves_by[ADAM_DEFAULT] = both.take_runs(slice(0, r)).upto(num_steps)
-    curves_by[ADAM_TUNED] = adam_long.upto(num_steps)
-    timing["adam (tuning + reporting)"] = time.perf_counter() - t0
-    tick(f"{spec.display}: adam")
-
+    if ADAM_DEFAULT in baselines or ADAM_TUNED in baselines:
+        run_adam(runs, task, data, suite, report_seeds, num_steps, every, ADAM_DEFAULT in baselines,
+                 ADAM_TUNED in baselines)
+        for name in (n for n in (ADAM_DEFAULT, ADAM_TUNED) if n in baselines):
+            tick(f"{spec.display}: {name}")
+    if ADAMW_COSINE in baselines:
+        run_adamw_cosine(runs, task, data, suite, report_seeds, num_steps, every)
+        tick(f"{spec.display}: {ADAMW_COSINE}")
+    for name in (n for n in TUNING_FREE if n in baselines):
+        t0 = time.perf_counter()
+        tx, at = tuning_free(name)
+        runs.curves[name] = run_optimizer(task, data, tx, report_seeds, num_steps, every, eval_params=at)
+        runs.wall_time_s[name] = time.perf_counter() - t0
+        tick(f"{spec.display}: {name}")
     for b in suite.baselines:
         t0 = time.perf_counter()
-        curves_by[b.name] = run_optimizer(task, data, make_baseline(b), report_seeds, num_steps, every)
-        timing[b.name] = time.perf_counter() - t0
+        runs.curves[b.name] = run_optimizer(task, data, make_baseline(b), report_seeds, num_steps, every)
+        runs.wall_time_s[b.name] = time.perf_counter() - t0
         tick(f"{spec.display}: {b.name}")
 
-    for name, c in curves_by.items():
-        opts[name] = summarize_runs(c, factor)
-    opts[ADAM_DEFAULT]["lr"] = suite.default_lr
-    opts[ADAM_TUNED]["lr"] = lr
-
-    baselines = [ADAM_DEFAULT, ADAM_TUNED] + [b.name for b in suite.baselines]
-    atol = suite.tie_atol * float(task.loss_scale)
-    adam_mean = np.mean(np.where(np.isfinite(adam_long.train_loss), adam_long.train_loss, np.inf), axis=0)
-    speedups, outcomes = {}, {}
-    for name in learned:
-        a = opts[name]["final_train_loss"]
-        speedups[name] = metrics.speedup(a, adam_long.steps, adam_mean, num_steps, suite.speedup_horizon)
-        outcomes[name] = {b: metrics.compare(a, opts[b]["final_train_loss"], suite.tie_rtol, atol) for b in baselines}
-    floor = float(task.loss_floor)
-    win_possible = {b: metrics.win_possible(opts[b]["final_train_loss"], suite.tie_rtol, atol, floor) for b in baselines}
+    opts = {name: summarize_runs(c, suite.divergence_factor) for name, c in runs.curves.items()}
+    for name, lr in runs.lrs.items():
+        opts[name]["lr"] = lr
+    ran = [b for b in baselines if b in runs.curves] + [b.name for b in suite.baselines]
+    atol, floor = suite.tie_atol * float(task.loss_scale), float(task.loss_floor)
+    speedups, outcomes = compare_task(list(learned), ran, runs, opts, num_steps, suite.tie_rtol, atol)
     return {
         "label": spec.display,
         "task": spec.task,
@@ -253,13 +274,13 @@ def evaluate_task(
         "loss_floor": floor,
         "steps": num_steps,
         "eval_every": every,
-        "curve_steps": curves_by[ADAM_DEFAULT].steps.tolist(),
-        "tuning": tuning,
+        "curve_steps": runs.curves[next(iter(runs.curves))].steps.tolist(),
+        "tuning": runs.tuning,
         "optimizers": opts,
+        "counted": saturation(suite, opts, ran, floor, atol),
         "speedup": speedups,
         "outcomes": outcomes,
-        "win_possible": win_possible,
-        "wall_time_s": timing,
+        "wall_time_s": runs.wall_time_s,
     }
 
 
@@ -270,11 +291,21 @@ def evaluate_suite(
     steps_scale: float = 1.0,
     progress: bool = True,
     sources: Mapping[str, str] | None = None,
+    baselines: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol on every task of ``suite``; returns the report dict (see :mod:`lopt.eval.report`)."""
+    """Run the protocol on every task of ``suite``; returns the report dict (see :mod:`lopt.eval.report`).
+
+    ``baselines``: built-in baseline names (:data:`lopt.eval.baselines.BUILTIN`,
+    all by default) run beside the suite's own optax baselines.
+    """
     if not learned:
         raise EvalError("no learned optimizer to evaluate")
-    reserved = {ADAM_DEFAULT, ADAM_TUNED} | {b.name for b in suite.baselines}
+    chosen = tuple(BUILTIN if baselines is None else baselines)
+    unknown = [b for b in chosen if b not in BUILTIN]
+    if unknown:
+        raise EvalError(f"unknown baseline {unknown[0]!r}; valid baselines: {', '.join(BUILTIN)}")
+    chosen = tuple(b for b in BUILTIN if b in chosen)
+    reserved = set(BUILTIN) | {b.name for b in suite.baselines}
     clash = sorted(set(learned) & reserved)
     if clash:
         raise EvalError(f"learned optimizer name {clash[0]!r} clashes with a baseline name")
@@ -285,7 +316,7 @@ def evaluate_suite(
         raise EvalError(f"need at least 1 reporting seed, got {num_seeds}")
     report_seeds = list(range(TUNING_SEED + 1, TUNING_SEED + 1 + num_seeds))
     check_mup_tasks(learned, suite)
-    units = len(suite.tasks) * (len(learned) + 2 + len(suite.baselines))
+    units = len(suite.tasks) * (len(learned) + len(chosen) + len(suite.baselines))
     start = time.perf_counter()
     with _progress(units, progress) as bar:
 
@@ -293,18 +324,19 @@ def evaluate_suite(
             bar.set_description(msg[:60])
             bar.update(1)
 
-        tasks = [evaluate_task(spec, learned, suite, report_seeds, steps_scale, tick) for spec in suite.tasks]
+        tasks = [evaluate_task(spec, learned, suite, report_seeds, chosen, steps_scale, tick) for spec in suite.tasks]
     dev = jax.devices()[0]
     report = {
         "suite": suite.to_dict(),
         "learned": list(learned),
-        "baselines": [ADAM_DEFAULT, ADAM_TUNED] + [b.name for b in suite.baselines],
+        "baselines": list(chosen) + [b.name for b in suite.baselines],
         "sources": {n: (sources or {}).get(n, n) for n in learned},
         "mup_mode": {n: uses_mup(opt, suite) for n, opt in learned.items()},
         "protocol": {
             "tuning_seeds": tuning_seeds(suite.tuning_seeds),
             "report_seeds": report_seeds,
             "steps_scale": steps_scale,
+            "min_valid_evals": MIN_VALID_EVALS,
             "definitions": DEFINITIONS,
         },
         "tasks": tasks,

@@ -22,10 +22,13 @@ from pathlib import Path
 
 MAIN_OUT = "runs/main"
 MAIN_SUITE = "quick"
+# The main job stays minutes long: only the two Adam baselines (the others, with a second
+# tuning grid and three more optimizers per task, are for `lopt eval`).
+MAIN_BASELINES = ("adam_default", "adam_tuned")
 
 
 def run_main_job(out_dir: str | Path = MAIN_OUT, overrides: tuple[str, ...] = (), progress: bool = True,
-                 suite: str = MAIN_SUITE) -> dict:
+                 suite: str = MAIN_SUITE, allow_config_change: bool = False) -> dict:
     """Meta-train with the defaults into ``out_dir``, then compare on ``suite``; returns the report."""
     import lopt
     from lopt.eval.compare import compare_on_suite
@@ -37,7 +40,7 @@ def run_main_job(out_dir: str | Path = MAIN_OUT, overrides: tuple[str, ...] = ()
     start = time.perf_counter()
     print(f"lopt: meta-training {config.optimizer.arch} on {', '.join(t.name for t in config.tasks)} "
           f"for {config.num_outer_steps} outer steps -> {out}", flush=True)
-    fresh = train(config, out, progress=progress)
+    fresh = train(config, out, progress=progress, allow_config_change=allow_config_change)
     print(f"lopt: meta-training done in {time.perf_counter() - start:.0f} s", flush=True)
 
     optimizers = {"fresh": fresh}
@@ -45,7 +48,7 @@ def run_main_job(out_dir: str | Path = MAIN_OUT, overrides: tuple[str, ...] = ()
         optimizers["shipped_default"] = lopt.pretrained("default")
     else:  # a checkout without shipped weights still runs the comparison
         print("lopt: no shipped 'default' optimizer found; comparing the fresh one only", file=sys.stderr)
-    report = compare_on_suite(optimizers, suite, out / "compare", progress=progress)
+    report = compare_on_suite(optimizers, suite, out / "compare", progress=progress, baselines=MAIN_BASELINES)
     print(f"lopt: report and plots in {out / 'compare'} (total {time.perf_counter() - start:.0f} s)")
     return report
 
@@ -56,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
 
     out = args.out if args.out != "runs/train" else MAIN_OUT
     try:
-        run_main_job(out, tuple(args.overrides), progress=not args.no_progress)
+        run_main_job(out, tuple(args.overrides), progress=not args.no_progress,
+                     allow_config_change=getattr(args, "allow_config_change", False))
     except TrainingInterrupted as stop:
         print(f"lopt train: {stop}", file=sys.stderr)
         return 130

@@ -3,40 +3,61 @@
 All functions are plain numpy over finished curves (host side, after the
 jitted runs): they are the *definitions* a reader of ``report.md`` needs.
 
-**Final loss.** The last point of a run's curve (the loss measured at step
-``num_steps``). A task's final loss for an optimizer is the mean over the
-reporting seeds; a diverged run counts as ``+inf`` (so a mean over seeds with a
-divergence is ``inf``: no averaging a blow-up away).
+**Final training loss.** The last point of a run's training curve (a
+windowed mean of minibatch losses, see :mod:`lopt.eval.runs`). A task's final
+loss for an optimizer is the mean over the reporting seeds; a diverged run
+counts as ``+inf`` (so a mean over seeds with a divergence is ``inf``: no
+averaging a blow-up away).
+
+**Best validation loss.** Validation runs on the whole validation split at the
+same steps for every optimizer (at least ``MIN_VALID_EVALS`` + 1 points,
+step 0 included). The seed-mean curve (a non-finite point counts as ``+inf``)
+is taken, and its minimum is the best validation loss: early stopping at one
+step for all seeds, as a practitioner would pick it. ``T*`` is the first step
+at which that minimum is reached.
 
 **Divergence.** A run diverged if any point of its training-loss curve is
 non-finite or exceeds ``divergence_factor`` times its initial loss (the loss at
 step 0, which is the same for every optimizer since all share the init key).
 
-**Speedup** of the learned optimizer over tuned Adam on a task, with ``T`` the
-steps the learned optimizer used and ``L*`` its final training loss (mean over
-seeds)::
+**Speedups** of a learned optimizer over a baseline, both from seed-mean curves:
 
-    speedup = S / T,  S = first curve step at which tuned Adam's seed-mean
-                          training loss is <= L*
+* validation: ``S / T*`` where ``S`` is the first step at which the
+  baseline's validation curve is <= the learned optimizer's best validation
+  loss;
+* training: ``S / T`` where ``T`` is the learned optimizer's number of steps
+  and ``S`` the first step at which the baseline's training curve is <= the
+  learned optimizer's final training loss.
 
-Tuned Adam (a constant learning rate, so its trajectory does not depend on the
-planned horizon) is run for ``speedup_horizon * T`` steps so that speedups up
-to ``speedup_horizon`` can be measured. If it never reaches ``L*`` in that
-budget, the speedup is *censored*: reported as the lower bound
-``speedup_horizon`` with ``speedup_censored = true`` (shown as ``>2.0``). If the
-learned optimizer diverged, there is no speedup (``None``). Resolution is the
-curve spacing ``eval_every``.
+A baseline whose curve never gets there is *censored*: the speedup is
+reported as the lower bound (its last step over ``T*`` or ``T``) with
+``censored = true`` (shown ``>x``). Tuned Adam (a constant learning rate, so
+its trajectory does not depend on the planned horizon) runs
+``speedup_horizon`` times longer, so its bound is higher. No speedup
+(``None``) where the learned optimizer diverged, or never improved on its
+initial validation loss (``T* = 0``). Resolution is the curve spacing.
 
 **Win / tie / loss** of the learned optimizer against a baseline on a task
-compares the two final training losses ``a`` (learned) and ``b`` (baseline)::
+compares two numbers ``a`` (learned) and ``b`` (baseline), final training
+losses or best validation losses::
 
-    tie   if |a - b| <= tie_rtol * max(|a|, |b|) + tie_atol * loss_scale
+    tie   if |a - b| <= band(a, b),  band = tie_rtol * max(|a|, |b|) + tie_atol * loss_scale
     win   if a < b otherwise,   loss if a > b otherwise
 
 A diverged side is ``+inf``: both diverged is a tie. ``tie_rtol`` (default 2%)
 absorbs seed noise of minibatch training; ``tie_atol`` (default 1e-4 of the
 task's ``loss_scale``) stops two runs that both reached ~0 loss from being
 called a win for whichever is a few ulps lower.
+
+**Saturation rule** (which tasks count for a metric). A task whose baselines
+already sit at the task's loss floor cannot tell optimizers apart. It counts
+for a metric only if the suite's reference baseline (``saturation.reference``,
+default tuned AdamW-cosine) ends at least ``saturation.bands`` (default 10) tie
+bands above the floor: ``b - floor >= bands * (tie_rtol * |b| + tie_atol *
+loss_scale)``, with ``b`` the reference's final training loss (training
+metric) or best validation loss (validation metric) and ``floor`` the task's
+``loss_floor`` (0 unless the task knows its minimum). The rule looks at the
+baselines only, so it cannot favour the learned optimizer.
 """
 
 from __future__ import annotations
@@ -85,20 +106,57 @@ def steps_to_reach(steps: Sequence[int], curve: Sequence[float], target: float) 
     return int(np.asarray(steps)[hits[0]]) if hits.size else None
 
 
+def seed_mean_curve(curves: np.ndarray) -> np.ndarray:
+    """[P] mean over runs of an [R, P] curve array; a non-finite point counts as +inf."""
+    c = np.asarray(curves, np.float64)
+    return np.mean(np.where(np.isfinite(c), c, np.inf), axis=0)
+
+
+def best_along(steps: Sequence[int], curve: Sequence[float]) -> tuple[float, int | None]:
+    """``(min of curve, first step reaching it)``; ``(inf, None)`` if no point is finite."""
+    c = np.asarray(curve, np.float64)
+    finite = np.isfinite(c)
+    if not finite.any():
+        return float("inf"), None
+    i = int(np.argmin(np.where(finite, c, np.inf)))
+    return float(c[i]), int(np.asarray(steps)[i])
+
+
 def speedup(
-    learned_final: float,
-    adam_steps: Sequence[int],
-    adam_mean_curve: Sequence[float],
-    num_steps: int,
-    horizon: float,
+    target: float,
+    base_steps: Sequence[int],
+    base_curve: Sequence[float],
+    our_steps: int | None,
 ) -> dict[str, float | bool | int | None]:
-    """Speedup of the learned optimizer over tuned Adam (see module docstring)."""
-    if not math.isfinite(learned_final):
-        return {"speedup": None, "speedup_censored": False, "adam_steps_to_match": None}
-    reached = steps_to_reach(adam_steps, adam_mean_curve, learned_final)
+    """``S / our_steps``, ``S`` the first step the baseline's curve is <= ``target`` (see module docstring).
+
+    Censored at ``base_steps[-1] / our_steps`` when the baseline never gets
+    there; None when ``target`` is not finite or ``our_steps`` is 0/None.
+    """
+    if not math.isfinite(target) or not our_steps:
+        return {"speedup": None, "censored": False, "baseline_steps": None, "steps": our_steps}
+    reached = steps_to_reach(base_steps, base_curve, target)
     if reached is None:
-        return {"speedup": float(horizon), "speedup_censored": True, "adam_steps_to_match": None}
-    return {"speedup": reached / float(num_steps), "speedup_censored": False, "adam_steps_to_match": reached}
+        return {"speedup": int(base_steps[-1]) / float(our_steps), "censored": True, "baseline_steps": None,
+                "steps": our_steps}
+    return {"speedup": reached / float(our_steps), "censored": False, "baseline_steps": reached, "steps": our_steps}
+
+
+def tie_band(b: float, rtol: float, atol: float) -> float:
+    """Width of the tie band at loss level ``b`` (``atol`` already in loss units)."""
+    return rtol * abs(b) + atol
+
+
+def counts_for_metric(reference: float, floor: float, rtol: float, atol: float, bands: float) -> dict:
+    """The saturation rule (module docstring): does the task count, and by how many bands it clears the floor.
+
+    A diverged reference (``inf``) leaves room above the floor: the task counts.
+    """
+    if not math.isfinite(reference):
+        return {"counts": True, "bands_above_floor": None}
+    band = tie_band(reference, rtol, atol)
+    above = (reference - floor) / band if band > 0 else (math.inf if reference > floor else 0.0)
+    return {"counts": bool(above >= bands), "bands_above_floor": float(above)}
 
 
 def compare(a: float, b: float, rtol: float, atol: float) -> str:
@@ -113,21 +171,6 @@ def compare(a: float, b: float, rtol: float, atol: float) -> str:
     if abs(a - b) <= rtol * max(abs(a), abs(b)) + atol:
         return "tie"
     return "win" if a < b else "loss"
-
-
-def win_possible(b: float, rtol: float, atol: float, floor: float = 0.0) -> bool:
-    """Whether any final loss ``a >= floor`` can be a *win* against baseline loss ``b``.
-
-    A win needs ``b - a > rtol * b + atol``; the best case ``a = floor`` (the
-    task's ``loss_floor``: 0, or the exact minimum where the task knows it)
-    gives ``b * (1 - rtol) - floor > atol``. A baseline that already reached
-    the floor (a memorized training set, an exactly solved quadratic, least
-    squares at its noise level) leaves at best a tie, except through sampling
-    noise: reports count such tasks so a reader can see the ceiling on wins.
-    """
-    if not math.isfinite(b):
-        return True
-    return b * (1.0 - rtol) - floor > atol
 
 
 def count_outcomes(outcomes: Sequence[str]) -> dict[str, int]:

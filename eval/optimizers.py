@@ -2,8 +2,9 @@
 
 ``--optimizer`` is either a path to a saved optimizer file (safetensors + JSON
 metadata, read by :func:`lopt.load`) or the name of a shipped pretrained one
-(:func:`lopt.pretrained`). A path wins when both could apply; a string that is
-neither gets one line listing the pretrained names.
+(:func:`lopt.pretrained`), resolved by :func:`lopt.pretrained.resolve`: an
+existing *file* wins over a name (with a note), a folder never counts, and
+``pretrained:NAME`` forces the shipped one.
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ def resolve_optimizer(spec: str) -> tuple[str, Any, str]:
     """``(short name, TrainedOptimizer, source description)`` for a path or pretrained name."""
     import lopt
 
-    path = Path(spec)
-    if path.exists():
-        return _short_name(path), lopt.load(path), str(path)
-    names = pretrained_names()
-    if spec in names:
-        return spec, lopt.pretrained(spec), f"pretrained:{spec}"
-    looks_like_path = path.suffix or "/" in spec or "\\" in spec
-    if looks_like_path:
-        raise EvalError(f"optimizer file not found: {spec} (pretrained names: {', '.join(names) or 'none'})")
-    raise EvalError(f"unknown optimizer {spec!r}: not a file and not a pretrained name; valid names: {', '.join(names) or 'none'}")
+    import sys
+
+    from lopt.pretrained import PREFIX, resolve  # names vs paths without ambiguity (a folder is never a file)
+
+    try:
+        opt, source, note = resolve(spec)
+    except lopt.OptimizerError as err:
+        raise EvalError(str(err)) from None
+    if note:
+        print(f"lopt eval: note: {note}", file=sys.stderr)
+    return (source[len(PREFIX):] if source.startswith(PREFIX) else _short_name(Path(spec))), opt, source
 
 
 def _short_name(path: Path) -> str:

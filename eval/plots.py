@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-_STYLE = {"adam_default": ("tab:gray", "--"), "adam_tuned": ("tab:blue", "-")}
+_STYLE = {"adam_default": ("tab:gray", "--"), "adam_tuned": ("tab:blue", "-"), "adamw_cosine": ("tab:olive", "-")}
 _LEARNED_COLORS = ["tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
-_EXTRA_COLORS = ["tab:orange", "tab:cyan", "black"]
+_EXTRA_COLORS = ["tab:orange", "tab:cyan", "black", "gold", "navy", "lime", "teal"]
 
 
 def _styles(report: dict) -> dict[str, tuple[str, str]]:
@@ -75,49 +75,60 @@ def plot_task(report: dict, task: dict, path: Path) -> Path:
 
 
 def plot_summary(report: dict, path: Path) -> Path:
-    """Left: final train loss of every optimizer relative to tuned Adam (log scale, <1 is better).
-    Right: speedup of each learned optimizer over tuned Adam (hatched = censored lower bound)."""
+    """Best valid loss and final train loss of every optimizer relative to the reference baseline (log scale,
+    <1 is better), and each learned optimizer's validation speedup over it (hatched = censored lower bound)."""
     styles = _styles(report)
     labels = [t["label"] for t in report["tasks"]]
-    names = [n for n in report["learned"] + report["baselines"] if n != "adam_tuned"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(labels) + 5), 3.8))
+    ref = _reference(report)
+    names = [n for n in report["learned"] + report["baselines"] if n != ref]
+    fig, axes = plt.subplots(1, 3, figsize=(max(12.0, 2.0 * len(labels) + 6), 3.8))
     x = np.arange(len(labels))
     width = 0.8 / max(len(names), 1)
-    for i, n in enumerate(names):
-        ratios = []
-        for t in report["tasks"]:
-            a, b = t["optimizers"][n]["final_train_loss"], t["optimizers"]["adam_tuned"]["final_train_loss"]
-            ok = a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and b > 0 and a > 0
-            ratios.append(a / b if ok else np.nan)
-        ax1.bar(x + i * width, ratios, width, color=styles[n][0], label=n)
-        for xi, t in zip(x, report["tasks"]):
-            if t["optimizers"][n]["diverged"]:
-                ax1.annotate("div", (xi + i * width, 1.0), ha="center", fontsize=7, color=styles[n][0])
-    for xi, t in zip(x, report["tasks"]):  # a ratio to 0 is undefined: say why the bars are missing
-        if t["optimizers"]["adam_tuned"]["final_train_loss"] == 0.0:
-            ax1.annotate("tuned Adam\nreached 0", (xi + 0.4 - width / 2, 1.0), ha="center", va="bottom", fontsize=7)
-    ax1.axhline(1.0, color="tab:blue", lw=1)
-    ax1.set_yscale("log")
-    ax1.set_xticks(x + 0.4 - width / 2, labels, rotation=30, ha="right", fontsize=8)
-    ax1.set_title("final train loss / tuned Adam (lower is better)", fontsize=9)
-    ax1.legend(fontsize=7)
+    for ax, key, title in ((axes[0], "best_valid_loss", "best valid loss"), (axes[1], "final_train_loss", "final train loss")):
+        for i, n in enumerate(names):
+            ratios = []
+            for t in report["tasks"]:
+                a, b = t["optimizers"][n][key], (t["optimizers"][ref][key] if ref else None)
+                ok = a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and b > 0 and a > 0
+                ratios.append(a / b if ok else np.nan)
+            ax.bar(x + i * width, ratios, width, color=styles[n][0], label=n)
+            for xi, t in zip(x, report["tasks"]):
+                if t["optimizers"][n]["diverged"]:
+                    ax.annotate("div", (xi + i * width, 1.0), ha="center", fontsize=7, color=styles[n][0])
+        ax.axhline(1.0, color="black", lw=1)
+        ax.set_yscale("log")
+        ax.set_xticks(x + 0.4 - width / 2, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{title} / {ref or '?'} (lower is better)", fontsize=9)
+    axes[0].legend(fontsize=7)
     lw = 0.8 / max(len(report["learned"]), 1)
-    for i, n in enumerate(report["learned"]):
-        vals = [t["speedup"][n]["speedup"] for t in report["tasks"]]
-        cens = [t["speedup"][n]["speedup_censored"] for t in report["tasks"]]
-        bars = ax2.bar(x + i * lw, [np.nan if v is None else v for v in vals], lw, color=styles[n][0], label=n)
-        for bar, c in zip(bars, cens):
-            if c:
+    top = 1.0
+    for i, n in enumerate(report["learned"] if ref else []):
+        entries = [t["speedup"][n][ref]["valid"] for t in report["tasks"]]
+        vals = [np.nan if e["speedup"] is None else e["speedup"] for e in entries]
+        top = max([top] + [v for v in vals if np.isfinite(v)])
+        bars = axes[2].bar(x + i * lw, vals, lw, color=styles[n][0], label=n)
+        for bar, e in zip(bars, entries):
+            if e["censored"]:
                 bar.set_hatch("//")
-    ax2.axhline(1.0, color="black", lw=1)
-    ax2.set_ylim(0, 1.1 * float(report["suite"]["speedup_horizon"]))
-    ax2.set_xticks(x + 0.4 - lw / 2, labels, rotation=30, ha="right", fontsize=8)
-    ax2.set_title("speedup over tuned Adam (hatched: lower bound)", fontsize=9)
-    ax2.legend(fontsize=7)
+    axes[2].axhline(1.0, color="black", lw=1)
+    axes[2].set_ylim(0, 1.1 * top)
+    axes[2].set_xticks(x + 0.4 - lw / 2, labels, rotation=30, ha="right", fontsize=8)
+    axes[2].set_title(f"valid speedup over {ref or '?'} (hatched: lower bound)", fontsize=9)
+    if ref and report["learned"]:
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _reference(report: dict) -> str | None:
+    """The baseline the summary is relative to: the saturation rule's reference where it ran."""
+    for t in report["tasks"]:
+        ref = t["counted"]["valid"].get("reference")
+        if ref:
+            return ref
+    return report["baselines"][0] if report["baselines"] else None
 
 
 def plot_all(report: dict, out_dir: Path) -> dict[str, Path]:

@@ -64,36 +64,50 @@ def _fmt_speedup(entry: dict | None) -> str:
     if not entry or entry.get("speedup") is None:
         return "-"
     s = f"{entry['speedup']:.2f}"
-    return f">{s}" if entry.get("speedup_censored") else s
+    return f">{s}" if entry.get("censored") else s
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _mark(task: dict, metric: str) -> str:
+    return "" if task["counted"][metric]["counts"] else " (saturated)"
 
 
 def summary_table(report: dict) -> str:
-    """Markdown: final train loss of every optimizer with speedups and outcomes, then validation numbers."""
+    """Markdown: best valid loss and final train loss of every optimizer; speedups and outcomes of each learned one."""
     names = report["learned"] + report["baselines"]
-    learned = report["learned"]
-    head = ["task", "steps"] + names + [f"speedup {n}" for n in learned]
-    head += [f"{n} vs {b}" for n in learned for b in report["baselines"]]
-    train = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    acc = _has_acc(report)
-    vhead = ["task"] + [f"{n} loss" for n in names] + ([f"{n} acc" for n in names] if acc else [])
-    valid = ["| " + " | ".join(vhead) + " |", "|" + "---|" * len(vhead)]
-    for t in report["tasks"]:
-        opt = t["optimizers"]
-        row = [t["label"], str(t["steps"])]
-        row += [_fmt(opt[n]["final_train_loss"]) + _div_mark(opt[n]) for n in names]
-        row += [_fmt_speedup(t["speedup"].get(n)) for n in learned]
-        row += [t["outcomes"][n][b] for n in learned for b in report["baselines"]]
-        train.append("| " + " | ".join(row) + " |")
-        vrow = [t["label"]] + [_fmt(opt[n].get("final_valid_loss")) for n in names]
-        if acc:
-            vrow += [_fmt(opt[n].get("final_valid_accuracy"), 3) for n in names]
-        valid.append("| " + " | ".join(vrow) + " |")
-    return ("Final train loss (mean over reported seeds):\n\n" + "\n".join(train)
-            + "\n\nValidation at the last step (mean over reported seeds):\n\n" + "\n".join(valid) + "\n")
+    tasks = report["tasks"]
+    valid = _table(["task", "steps"] + names, [
+        [t["label"] + _mark(t, "valid"), str(t["steps"])]
+        + [_fmt(t["optimizers"][n]["best_valid_loss"]) + _div_mark(t["optimizers"][n]) for n in names]
+        for t in tasks])
+    train = _table(["task"] + names, [
+        [t["label"] + _mark(t, "train")] + [_fmt(t["optimizers"][n]["final_train_loss"]) for n in names]
+        for t in tasks])
+    parts = ["Best validation loss along the run (whole validation split, seed mean; "
+             "'(saturated)': the task does not count for this metric):\n", valid,
+             "\nFinal training loss (seed mean):\n", train]
+    if _has_acc(report):
+        parts += ["\nValidation accuracy at the best-validation step:\n", _table(["task"] + names, [
+            [t["label"]] + [_fmt(t["optimizers"][n].get("best_valid_accuracy"), 3) for n in names]
+            for t in tasks if any(o.get("best_valid_accuracy") is not None for o in t["optimizers"].values())])]
+    for n in report["learned"]:
+        base = report["baselines"]
+        head = ["task"] + [f"valid x {b}" for b in base] + [f"train x {b}" for b in base]
+        rows = [[t["label"]]
+                + [_fmt_speedup(t["speedup"][n][b]["valid"]) + " " + t["outcomes"][n][b]["valid"] for b in base]
+                + [_fmt_speedup(t["speedup"][n][b]["train"]) + " " + t["outcomes"][n][b]["train"] for b in base]
+                for t in tasks]
+        parts += [f"\nSpeedup and outcome of `{n}` over each baseline (validation: steps to reach its best valid "
+                  "loss; training: steps to reach its final train loss):\n", _table(head, rows)]
+    return "\n".join(parts) + "\n"
 
 
 def _has_acc(report: dict) -> bool:
-    return any(o.get("final_valid_accuracy") is not None for t in report["tasks"] for o in t["optimizers"].values())
+    return any(o.get("best_valid_accuracy") is not None for t in report["tasks"] for o in t["optimizers"].values())
 
 
 def _div_mark(entry: dict) -> str:
@@ -102,44 +116,60 @@ def _div_mark(entry: dict) -> str:
 
 
 def outcome_lines(report: dict) -> list[str]:
+    """One line per learned optimizer and metric: win/tie/loss and geometric-mean speedup on the counted tasks."""
     lines = []
+    summary = report["summary"]
+    for metric, what in (("valid", "best valid loss"), ("train", "final train loss")):
+        counted = summary["counted_tasks"][metric]
+        lines.append(f"- **{what}**: {len(counted)} of {len(report['tasks'])} tasks count "
+                     f"({', '.join(counted) or 'none'})")
+        for n in report["learned"]:
+            s = summary[n][metric]
+            per = "; ".join(
+                f"{b}: {c['win']}/{c['tie']}/{c['loss']}, speedup {_fmt(s['speedup_geomean'][b], 3)}"
+                + (f" ({s['speedup_censored'][b]} censored)" if s["speedup_censored"][b] else "")
+                for b, c in s["win_tie_loss"].items())
+            lines.append(f"  - `{n}` win/tie/loss, geometric-mean speedup: {per}")
     for n in report["learned"]:
-        s = report["summary"][n]
-        wtl = ", ".join(f"{b}: {c['win']}/{c['tie']}/{c['loss']}" for b, c in s["win_tie_loss"].items())
-        lines.append(
-            f"- **{n}** win/tie/loss vs {wtl}; speedup over tuned Adam median {_fmt(s.get('speedup_median'), 3)}, "
-            f"geometric mean {_fmt(s.get('speedup_geomean'), 3)} ({s['speedup_censored']} censored); "
-            f"divergences {s['divergences']}"
-        )
-    saturated = report["summary"].get("no_win_possible", {})
-    if any(saturated.values()):
-        n = len(report["tasks"])
-        lines.append(
-            "- tasks where a baseline's final loss is within the tie tolerance of the task's loss floor "
-            "(0, or the exact minimum where known), so at best a tie: "
-            + ", ".join(f"{b}: {k} (at most {n - k} of {n} tasks can be won)" for b, k in saturated.items())
-        )
-    base_div = report["summary"]["baseline_divergences"]
+        lines.append(f"- `{n}` divergences: {summary[n]['divergences']}")
+    base_div = summary["baseline_divergences"]
     lines.append("- baseline divergences: " + ", ".join(f"{b}: {d}" for b, d in base_div.items()))
+    lines.append("- wall time per optimizer (all tasks, compiles included): "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in summary["wall_time_s"].items()))
     return lines
+
+
+def saturation_lines(report: dict) -> list[str]:
+    """Why each task counts or not, per metric (the rule is in the definitions)."""
+    return [f"- {t['label']}: valid {'counts' if t['counted']['valid']['counts'] else 'saturated'} "
+            f"({t['counted']['valid']['why']}); train {'counts' if t['counted']['train']['counts'] else 'saturated'} "
+            f"({t['counted']['train']['why']})" for t in report["tasks"]]
 
 
 def render_markdown(report: dict) -> str:
     suite = report["suite"]
     proto = report["protocol"]
     learned = ", ".join(f"`{n}` ({report['sources'][n]})" for n in report["learned"])
+    tuned = [(t["label"], b, r["chosen_lr"]) for t in report["tasks"] for b, r in t["tuning"].items()]
+    times = report["summary"]["wall_time_s"]
     parts = [
         f"# lopt eval: suite `{suite['name']}`\n",
         f"{suite.get('description', '')}\n",
-        f"Learned: {learned}. "
-        f"Seeds reported: {proto['report_seeds']}; Adam learning rate tuned on seeds {proto['tuning_seeds']} "
+        f"Learned: {learned}. Baselines: {', '.join(report['baselines'])}. "
+        f"Seeds reported: {proto['report_seeds']}; learning rates tuned on seeds {proto['tuning_seeds']} "
         f"over {len(suite['lr_grid'])} values {suite['lr_grid'][0]:g}..{suite['lr_grid'][-1]:g}.\n",
         "## Results\n",
         summary_table(report),
-        "\n## Outcomes\n",
+        "\n## Outcomes on the tasks that count\n",
         "\n".join(outcome_lines(report)) + "\n",
-        "\n## Tuned Adam learning rates\n",
-        "\n".join(f"- {t['label']}: {t['tuning']['chosen_lr']:g}" for t in report["tasks"]) + "\n",
+        "\n## Which tasks count\n",
+        f"Rule: reference `{suite['saturation']['reference']}`, {suite['saturation']['bands']:g} tie bands above "
+        "the loss floor (see the definitions).\n",
+        "\n".join(saturation_lines(report)) + "\n",
+        "\n## Tuned learning rates\n",
+        "\n".join(f"- {label} {b}: {lr:g}" for label, b, lr in tuned) + ("\n" if tuned else "- none\n"),
+        "\n## Wall time per optimizer (all tasks, compiles included)\n",
+        "\n".join(f"- {k}: {v:.1f} s" for k, v in times.items()) + "\n",
         "\n## Definitions\n",
         "\n".join(f"- **{k}**: {v}" for k, v in proto["definitions"].items()) + "\n",
         f"\nTotal wall time {report['wall_time_s']:.1f} s on {report['device']}.\n",
@@ -148,22 +178,26 @@ def render_markdown(report: dict) -> str:
 
 
 def summarize(report: dict) -> dict:
-    """Per learned optimizer: win/tie/loss counts, divergences, speedup aggregate."""
-    out: dict[str, Any] = {}
+    """Per learned optimizer and metric: win/tie/loss and speedup aggregates on the counted tasks."""
+    tasks = report["tasks"]
+    out: dict[str, Any] = {"counted_tasks": {m: [t["label"] for t in tasks if t["counted"][m]["counts"]]
+                                             for m in ("train", "valid")}}
     for n in report["learned"]:
-        counts = {b: metrics.count_outcomes([t["outcomes"][n][b] for t in report["tasks"]]) for b in report["baselines"]}
-        speedups = [t["speedup"][n]["speedup"] for t in report["tasks"]]
-        out[n] = {
-            "win_tie_loss": counts,
-            "divergences": sum(t["optimizers"][n]["diverged"] for t in report["tasks"]),
-            "speedup_median": metrics.median(speedups),
-            "speedup_geomean": metrics.geometric_mean(speedups),
-            "speedup_censored": sum(bool(t["speedup"][n]["speedup_censored"]) for t in report["tasks"]),
-        }
-    out["no_win_possible"] = {
-        b: sum(not t.get("win_possible", {}).get(b, True) for t in report["tasks"]) for b in report["baselines"]
-    }
-    out["baseline_divergences"] = {
-        b: sum(t["optimizers"][b]["diverged"] for t in report["tasks"]) for b in report["baselines"]
-    }
+        out[n] = {"divergences": sum(t["optimizers"][n]["diverged"] for t in tasks)}
+        for m in ("train", "valid"):
+            counted = [t for t in tasks if t["counted"][m]["counts"]]
+            sp = {b: [t["speedup"][n][b][m] for t in counted] for b in report["baselines"]}
+            out[n][m] = {
+                "win_tie_loss": {b: metrics.count_outcomes([t["outcomes"][n][b][m] for t in counted])
+                                 for b in report["baselines"]},
+                "speedup_geomean": {b: metrics.geometric_mean([e["speedup"] for e in v]) for b, v in sp.items()},
+                "speedup_median": {b: metrics.median([e["speedup"] for e in v]) for b, v in sp.items()},
+                "speedup_censored": {b: sum(bool(e["censored"]) for e in v) for b, v in sp.items()},
+            }
+    out["baseline_divergences"] = {b: sum(t["optimizers"][b]["diverged"] for t in tasks) for b in report["baselines"]}
+    times: dict[str, float] = {}
+    for t in tasks:
+        for k, v in t["wall_time_s"].items():
+            times[k] = times.get(k, 0.0) + float(v)
+    out["wall_time_s"] = times
     return out

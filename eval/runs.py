@@ -3,7 +3,7 @@
 Everything here wraps :func:`lopt.metatrain.inner_loop.train_task` (one
 ``lax.scan`` per run) in one ``jit`` over a batch of seeds -- and, for Adam, of
 (learning rate, seed) pairs, so the whole learning-rate grid is one call and one
-compile. The batch is a ``vmap`` on accelerators and a ``lax.map`` on CPU (see
+compile (:class:`GridRunner`; the same for AdamW-cosine's peak rate). The batch is a ``vmap`` on accelerators and a ``lax.map`` on CPU (see
 :func:`default_batching`). A seed is a PRNG key: the same key gives every optimizer the same
 initial parameters and the same sequence of batches.
 
@@ -13,8 +13,10 @@ Curves are put on one x-axis, the evaluation steps ``0, e, 2e, ..., T``:
   steps before ``s`` (each measured just before its update), at step 0 the
   first minibatch loss. The last point is what reports call the *final
   training loss*: a windowed average, less noisy than one minibatch.
-* ``valid_loss`` / ``valid_accuracy`` are measured on validation batches at
-  exactly step ``s`` (see ``train_task``).
+* ``valid_loss`` / ``valid_accuracy`` are measured on the *whole* validation
+  split at exactly step ``s`` (see ``train_task`` and
+  :meth:`lopt.tasks.base.Task.valid_loss_full`), at the parameters the
+  optimizer says to use (schedule-free: its averaged ones).
 """
 
 from __future__ import annotations
@@ -86,11 +88,12 @@ def _train_many(
     num_steps: int,
     eval_every: int,
     batching: str | None = None,
+    eval_params: Callable[[Any, Any], Any] | None = None,
 ):
     """One jitted program training a leading axis of (tx-args, key) pairs, by vmap or lax.map."""
 
     def one(data, tx_args, key):
-        return train_task(task, data, make_tx(*tx_args), key, num_steps, eval_every=eval_every)
+        return train_task(task, data, make_tx(*tx_args), key, num_steps, eval_every=eval_every, eval_params=eval_params)
 
     if (batching or default_batching()) == "vmap":
         return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
@@ -98,25 +101,40 @@ def _train_many(
 
 
 def run_optimizer(
-    task: Task, data: Data, tx: optax.GradientTransformation, seeds: list[int], num_steps: int, eval_every: int
+    task: Task,
+    data: Data,
+    tx: optax.GradientTransformation,
+    seeds: list[int],
+    num_steps: int,
+    eval_every: int,
+    eval_params: Callable[[Any, Any], Any] | None = None,
 ) -> Curves:
-    """Train ``task`` with a fixed ``tx`` on every seed (one compile, vmapped over seeds)."""
-    fn = _train_many(task, lambda: tx, num_steps, eval_every)
+    """Train ``task`` with a fixed ``tx`` on every seed (one compile, batched over seeds)."""
+    fn = _train_many(task, lambda: tx, num_steps, eval_every, eval_params=eval_params)
     keys = seed_keys(seeds)
     out = fn(data, (), keys)
     return to_curves(jax.device_get(out), eval_every)
 
 
-class AdamRunner:
-    """Adam at traced learning rates: one compiled program for a task, any (lr, seed) pairs.
+class GridRunner:
+    """An optimizer at traced learning rates: one compiled program for a task, any (lr, seed) pairs.
 
-    Calls are padded to a fixed ``width`` so the grid search and the reporting
-    runs (default and tuned Adam on every seed) share a single compile.
+    ``make_tx(lr)`` builds the optimizer from a traced scalar (``optax.adam``,
+    or AdamW with a schedule peaking at ``lr``). Calls are padded to a fixed
+    ``width`` so the grid search and the reporting runs can share a single compile.
     """
 
-    def __init__(self, task: Task, num_steps: int, eval_every: int, width: int):
+    def __init__(
+        self,
+        task: Task,
+        num_steps: int,
+        eval_every: int,
+        width: int,
+        make_tx: Callable[[Any], optax.GradientTransformation] = optax.adam,
+    ):
         self.width = width
-        self._fn = _train_many(task, lambda lr: optax.adam(lr), num_steps, eval_every)
+        self.num_steps = num_steps
+        self._fn = _train_many(task, make_tx, num_steps, eval_every)
         self._eval_every = eval_every
 
     def __call__(self, data: Data, lrs: list[float], seeds: list[int]) -> Curves:

@@ -1,7 +1,8 @@
 """Evaluation suites: which tasks, how long, against which baselines.
 
 A suite is a YAML file in ``configs/eval/`` (or any path). It is parsed with
-``yaml.safe_load`` into frozen dataclasses and validated strictly: an unknown
+a safe YAML loader (:func:`lopt.metatrain.config.yaml_load`: ``yaml.safe_load`` that
+also reads ``3e-4`` as a float) into frozen dataclasses and validated strictly: an unknown
 key is an error that names it, because a silently ignored typo (``step:`` for
 ``steps:``) would make a benchmark quietly measure something else.
 
@@ -20,7 +21,11 @@ Schema (every top-level key but ``tasks`` is optional)::
     divergence_factor: 10.0   # a run whose loss exceeds this x its initial loss diverged
     mup: false                # true: every learned optimizer runs in the muP mode (lopt.mup) on muP tasks;
                               # an optimizer file whose metadata says mup: true runs in it anyway
-    baselines:                # extra optax optimizers, fixed hyperparameters
+    saturation:               # which tasks count for each metric (see lopt.eval.metrics, "Saturation rule"):
+      reference: adamw_cosine #   the baseline that decides (adam_tuned when the reference was not run)
+      bands: 10               #   a task counts if the reference ends >= this many tie bands above the floor
+    baselines:                # extra optax optimizers, fixed hyperparameters (beside the built-in ones
+                              # that ``lopt eval --baselines`` picks: see lopt.eval.baselines)
       - {name: sgd_momentum, optax: sgd, kwargs: {learning_rate: 0.1, momentum: 0.9}}
     tasks:
       - {task: mlp_digits, steps: 300}
@@ -41,6 +46,7 @@ from typing import Any, Mapping
 import yaml
 
 from lopt import configs
+from lopt.metatrain.config import yaml_load
 from lopt.eval.errors import EvalError
 
 
@@ -85,6 +91,8 @@ class Suite:
     divergence_factor: float = 10.0
     baselines: tuple[BaselineSpec, ...] = ()
     mup: bool = False
+    saturation_reference: str = "adamw_cosine"
+    saturation_bands: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, stored in every report so results say what produced them."""
@@ -101,6 +109,7 @@ class Suite:
             "tie_atol": self.tie_atol,
             "divergence_factor": self.divergence_factor,
             "mup": self.mup,
+            "saturation": {"reference": self.saturation_reference, "bands": self.saturation_bands},
             "baselines": [{"name": b.name, "optax": b.optax_name, "kwargs": dict(b.kwargs)} for b in self.baselines],
             "tasks": [
                 {"task": t.task, "steps": t.steps, "label": t.display, "overrides": dict(t.overrides)}
@@ -111,8 +120,9 @@ class Suite:
 
 _TOP_KEYS = {
     "name", "description", "seeds", "tuning_seeds", "eval_every", "default_lr", "lr_grid", "speedup_horizon",
-    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks", "mup",
+    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks", "mup", "saturation",
 }
+_SATURATION_KEYS = {"reference", "bands"}
 _TASK_KEYS = {"task", "steps", "label", "overrides", "eval_every"}
 _BASELINE_KEYS = {"name", "optax", "kwargs"}
 _GRID_KEYS = {"min", "max", "num"}
@@ -132,7 +142,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     except FileNotFoundError as err:
         raise EvalError(str(err).replace("eval config", "suite")) from None
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text())
     except yaml.YAMLError as err:
         raise EvalError(f"suite {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     return parse_suite(raw, default_name=path.stem, where=str(path))
@@ -172,6 +182,7 @@ def parse_suite(raw: Any, default_name: str = "suite", where: str = "suite") -> 
         divergence_factor=_positive(raw.get("divergence_factor", 10.0), "divergence_factor", where),
         mup=_bool(raw.get("mup", False), "mup", where),
         baselines=baselines,
+        **_parse_saturation(raw.get("saturation") or {}, where),
     )
     if suite.speedup_horizon < 1.0:
         raise EvalError(f"{where}: key 'speedup_horizon' must be >= 1, got {suite.speedup_horizon}")
@@ -214,11 +225,25 @@ def _parse_baseline(raw: Any, where: str) -> BaselineSpec:
     kwargs = raw.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise EvalError(f"{where}: key 'kwargs' must be a mapping")
-    reserved = {"learned", "adam_default", "adam_tuned"}
+    from lopt.eval.baselines import BUILTIN
+
+    reserved = {"learned", *BUILTIN}
     name = str(raw.get("name", fn_name))
     if name in reserved:
         raise EvalError(f"{where}: baseline name {name!r} is reserved")
     return BaselineSpec(name=name, optax_name=fn_name, kwargs=tuple(sorted((str(k), _freeze(v)) for k, v in kwargs.items())))
+
+
+def _parse_saturation(raw: Any, where: str) -> dict[str, Any]:
+    from lopt.eval.baselines import BUILTIN
+
+    if not isinstance(raw, Mapping):
+        raise EvalError(f"{where}: key 'saturation' must be a mapping with keys bands, reference")
+    _check_keys(raw, _SATURATION_KEYS, f"{where}: saturation")
+    ref = str(raw.get("reference", "adamw_cosine"))
+    if ref not in BUILTIN:
+        raise EvalError(f"{where}: key 'saturation.reference' must be a built-in baseline ({', '.join(BUILTIN)}), got {ref!r}")
+    return {"saturation_reference": ref, "saturation_bands": _nonneg(raw.get("bands", 10.0), "saturation.bands", where)}
 
 
 def _parse_grid(raw: Any, default_lr: float, where: str) -> tuple[float, ...]:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("lopt.metatrain.cli_recipe", "run a multi-stage meta-training recipe (configs/recipes/)"),
     "eval": ("lopt.eval.cli_eval", "compare a learned optimizer with Adam on a suite of tasks"),
     "bench": ("lopt.eval.cli_bench", "measure step time, meta-training throughput and memory"),
+    "diagnose": ("lopt.metatrain.diagnose_cli", "measure each meta-gradient estimator's bias, variance and cost"),
 }
 
 
@@ -50,8 +51,12 @@ def _is_main_job(args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    try:  # a Ctrl-C while the subcommands are imported is an interruption too, not a traceback
+        parser, modules = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("lopt: interrupted", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help()
         return 0

@@ -32,6 +32,19 @@ def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
+def zeros_like_param(p: Any, axis: int | None = None) -> jax.Array:
+    """float32 zeros shaped like ``p`` (or like ``p`` reduced over ``axis``), with ``p``'s sharding.
+
+    ``jnp.zeros(shape)`` has no input, so under ``jit`` it comes out
+    replicated; ``zeros_like`` of the parameter (or of a reduction of it, for
+    Adafactor's row and column moments) carries the parameter's sharding over
+    a mesh into the optimizer state. The reduction is only traced for its
+    type: XLA drops it.
+    """
+    p = jnp.asarray(p)
+    return jnp.zeros_like(p if axis is None else jnp.sum(p, axis=axis), dtype=jnp.float32)
+
+
 def ema(old: jax.Array, new: jax.Array, decay: jax.Array) -> jax.Array:
     """Exponential moving average ``decay * old + (1 - decay) * new``."""
     return decay * old + (1.0 - decay) * new

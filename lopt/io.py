@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -55,6 +56,29 @@ def checksum(tensors: dict[str, np.ndarray]) -> str:
         h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
         h.update(t.tobytes())
     return h.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON data: non-finite floats become ``"inf"``, ``"-inf"``, ``"nan"``.
+
+    Python's ``float()`` reads those strings back. Tuples become lists, numpy
+    scalars and arrays plain numbers and lists, mapping keys strings, and any
+    other object its ``str``, so metadata made of run records can always be
+    written (a finished meta-training run must never fail on its metadata).
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return json_safe(np.asarray(value).tolist())
+    if isinstance(value, jax.Array):
+        return json_safe(np.asarray(value).tolist())
+    return str(value)
 
 
 def write(path: str | os.PathLike, arch: LearnedOptimizer, meta_params: Any, provenance: dict | None) -> None:
@@ -122,6 +146,8 @@ def read(path: str | os.PathLike) -> tuple[LearnedOptimizer, Any, dict]:
             raw = f.read()
     except FileNotFoundError:
         raise OptimizerError(f"{name}: no such optimizer file") from None
+    except IsADirectoryError:
+        raise OptimizerError(f"{name}: is a directory, not an optimizer file") from None
     except OSError as err:
         raise OptimizerError(f"{name}: cannot read optimizer file ({err.strerror})") from None
     metadata, tensors = _parse_container(raw, name)
@@ -146,7 +172,10 @@ def read(path: str | os.PathLike) -> tuple[LearnedOptimizer, Any, dict]:
     hparams = header.get("hparams", {})
     if not isinstance(hparams, dict):
         raise OptimizerError(f"{name}: corrupted optimizer metadata (hparams is not an object)")
-    arch = architectures.get(header.get("arch"), **hparams)
+    try:
+        arch = architectures.get(header.get("arch"), **hparams)
+    except (OptimizerError, TypeError) as err:  # TypeError: a field's own __post_init__ rejected a value
+        raise OptimizerError(f"{name}: {err}") from None
     meta_params = _rebuild(arch, tensors, name)
     provenance = header.get("provenance") or {}
     return arch, meta_params, provenance

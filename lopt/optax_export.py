@@ -15,8 +15,8 @@ Without ``value`` the loss features are zero: the optimizer still works but
 cannot react to the loss (``TrainState.apply_gradients`` is such a caller).
 Learned optimizers always need ``params`` (parameter values are features).
 
-Guard: a step whose update is not finite (NaN/inf gradients, an overflow) is
-skipped -- the returned updates are zeros, so the parameters are unchanged,
+Guard: a step whose update or any new accumulator is not finite (NaN/inf
+gradients, an overflow, a gradient so large its square overflows) is skipped -- the returned updates are zeros, so the parameters are unchanged,
 the accumulators keep their old values -- and counted in ``state.skipped``
 (``state`` is a :class:`lopt.OptState`; inside ``optax.chain`` it is one
 element of the chain's tuple).
@@ -32,7 +32,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from lopt.base import LearnedOptimizer, OptimizerError
+from lopt.base import LearnedOptimizer, OptimizerError, check_num_steps
 
 
 def as_optax(
@@ -48,6 +48,7 @@ def as_optax(
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, jnp.integer)) or int(num_steps) < 1:
         raise OptimizerError(f"num_steps must be a positive integer (the planned run length), got {num_steps!r}")
+    check_num_steps(num_steps)  # fits the int32 step counter
     num_steps = int(num_steps)
 
     def init_fn(params: Any) -> Any:

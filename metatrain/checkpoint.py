@@ -9,6 +9,12 @@ moment leaves either the previous checkpoint or the new one, never a torn
 file. Restoring needs a *template* pytree of the same structure (built from
 the same config); leaves are matched by key path and checked for shape and
 dtype, so a checkpoint from another config is refused with a clear message.
+
+A SHA-256 of the arrays is stored too, so a damaged file (cut short, bits
+flipped by a disk) is *detected*. :func:`restore_latest` then falls back to the
+newest intact checkpoint, reporting each file it skipped in one line; only
+when none is intact is it an error. A checkpoint from another configuration is
+never skipped silently: that is an error, not damage.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from lopt.io import checksum
 from lopt.metatrain.unroll import MetaTrainError
 
 PATTERN = re.compile(r"^ckpt_(\d{9})\.safetensors$")
@@ -31,6 +38,10 @@ FORMAT = "lopt-metatrain-checkpoint/1"
 
 class CheckpointError(MetaTrainError):
     """A checkpoint is unreadable or does not match the run's configuration."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint file is damaged (truncated, bad checksum, not a checkpoint at all)."""
 
 
 def _flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -61,7 +72,12 @@ def save(directory: str | Path, step: int, state: Any, info: dict, keep: int = 3
     arrays = _flatten(state)
     # safetensors stores 0-d arrays as shape [1]: keep the true shapes next to them
     shapes = json.dumps({k: list(v.shape) for k, v in arrays.items()})
-    metadata = {"format": FORMAT, "info": json.dumps({**info, "step": step}, sort_keys=True), "shapes": shapes}
+    metadata = {
+        "format": FORMAT,
+        "info": json.dumps({**info, "step": step}, sort_keys=True, allow_nan=False),
+        "shapes": shapes,
+        "sha256": checksum(arrays),
+    }
     save_file(arrays, str(tmp), metadata=metadata)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -91,14 +107,39 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             metadata = f.metadata() or {}
         arrays = load_file(str(path))
         if metadata.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a lopt meta-training checkpoint")
+            raise CorruptCheckpoint(f"{path} is not a lopt meta-training checkpoint")
         shapes = json.loads(metadata["shapes"])
         arrays = {k: v.reshape(shapes[k]) for k, v in arrays.items()}
+        if "sha256" in metadata and metadata["sha256"] != checksum(arrays):  # older checkpoints have none
+            raise CorruptCheckpoint(f"checkpoint {path} is corrupted (checksum mismatch)")
         return arrays, json.loads(metadata["info"])
     except CheckpointError:
         raise
     except Exception as err:  # safetensors raises several types on corrupt files
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({err.__class__.__name__})") from None
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupted or unreadable ({err.__class__.__name__})") from None
+
+
+def read_info(path: str | Path) -> dict | None:
+    """The JSON info of a checkpoint (step, config, ...) from its header alone; None if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            return None
+        info = json.loads(metadata["info"])
+        return info if isinstance(info, dict) else None
+    except Exception:  # noqa: BLE001 - any damage means "no info"
+        return None
+
+
+def latest_info(directory: str | Path) -> dict | None:
+    """The info of the newest checkpoint whose header is readable (None if there is none)."""
+    for _, path in reversed(list_checkpoints(directory)):
+        if (info := read_info(path)) is not None:
+            return info
+    return None
 
 
 def restore(path: str | Path, template: Any) -> tuple[Any, dict]:
@@ -115,8 +156,8 @@ def restore(path: str | Path, template: Any) -> tuple[Any, dict]:
         dtype = np.dtype(ref.dtype) if hasattr(ref, "dtype") else np.asarray(ref).dtype
         if arr.shape != shape or arr.dtype != dtype:
             raise CheckpointError(
-                f"checkpoint {path}: {key} is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}"
-                " (different configuration?)"
+                f"checkpoint {path}: {key} is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(shape)}: "
+                "it was written by a different configuration"
             )
         out.append(arr)
     if len(arrays) != len(leaves):
@@ -124,9 +165,29 @@ def restore(path: str | Path, template: Any) -> tuple[Any, dict]:
     return jax.tree_util.tree_unflatten(treedef, out), info
 
 
-def restore_latest(directory: str | Path, template: Any) -> tuple[Any, dict] | None:
-    """The newest checkpoint in ``directory`` (None if there is none)."""
+def restore_latest(
+    directory: str | Path, template: Any, on_skip: Callable[[str], None] | None = None
+) -> tuple[Any, dict] | None:
+    """The newest *intact* checkpoint in ``directory`` (None if there is none).
+
+    A damaged newer file is skipped and ``on_skip`` gets one line naming it
+    (the trainer prints it as a warning); the file itself is left in place
+    (the resumed run overwrites it when it reaches that step again). If every
+    checkpoint is damaged, :class:`CheckpointError` lists them all. A
+    checkpoint of another configuration raises at once (never skipped).
+    """
     found = list_checkpoints(directory)
-    if not found:
-        return None
-    return restore(found[-1][1], template)
+    damaged: list[str] = []
+    for _, path in reversed(found):
+        try:
+            result = restore(path, template)
+        except CorruptCheckpoint as err:
+            damaged.append(str(err))
+            continue
+        if on_skip is not None:
+            for reason in damaged:
+                on_skip(f"skipped a damaged checkpoint: {reason}; resuming from {path.name}")
+        return result
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(damaged))
+    return None

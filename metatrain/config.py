@@ -3,11 +3,20 @@
 The dataclass defaults *are* the default configuration (the reference
 setting: ``small_fc`` on 8 ``mlp_digits`` tasks, PES with truncations of 20,
 episodes of 2000); ``configs/train/default.yaml`` only mirrors them, so
-``lopt train`` works without any file. YAML is read with ``yaml.safe_load``
-and checked field by field: an unknown key or a value of the wrong type is a
-:class:`ConfigError` naming the dotted key (``estimator.std``), never a deep
-traceback. ``--set key=value`` overrides use the same dotted keys, with the
-value parsed as YAML (``--set unroll.param_scale_range=[0.5,2]``).
+``lopt train`` works without any file. YAML is read with a safe loader (no
+object construction) and checked field by field: an unknown key or a value of
+the wrong type is a :class:`ConfigError` naming the dotted key
+(``estimator.std``), never a deep traceback. ``--set key=value`` overrides use
+the same dotted keys, with the value parsed as YAML
+(``--set unroll.param_scale_range=[0.5,2]``).
+
+Numbers: YAML 1.1 (PyYAML) reads ``3e-4`` and ``1e3`` as *strings* (its float
+pattern wants a dot and a signed exponent); :func:`yaml_load` also resolves
+every float literal a user would type (``3e-4``, ``1E3``, ``.5e-2``). A
+non-finite number is refused wherever a finite one is meant; where infinity
+means something (``meta_opt.grad_clip: .inf`` is "no clipping") it is stored
+as the equivalent finite value (0 = off), so every config stays strict JSON.
+An integer field accepts an integral float (``num_outer_steps: 1e4``).
 
 ``mup: true`` selects the muP mode of :mod:`lopt.mup` (the muLO recipe): the
 architecture runs as ``for_mup(arch)`` and every task's per-layer muP factors
@@ -18,13 +27,16 @@ be a muP task (``tasks/mup.py``), which :mod:`lopt.metatrain.build` checks.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from lopt import configs
+from lopt import architectures, configs
+from lopt.base import OptimizerError, check_hparams
 
 from lopt.metatrain.unroll import LOSS_TRANSFORMS, META_LOSSES, MetaTrainError
 
@@ -122,6 +134,27 @@ class TrainConfig:
     progress: bool = True
 
 
+# ---------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``3E4``, ``.5e2`` as floats (YAML 1.2 does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely, with every usual float literal read as a float."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# Float keys where infinity means something, and the finite value that means the same.
+INFINITE_MEANS = {"meta_opt.grad_clip": 0.0}  # no clipping (0 = off)
+
+
 # ---------------------------------------------------------------------- parsing
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
@@ -148,24 +181,44 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is dict or origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        _check_finite_inside(value, key)
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)  # 1e4 written for 10000
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        value = float(value)
+        if not math.isfinite(value):
+            if key in INFINITE_MEANS and value == math.inf:
+                return INFINITE_MEANS[key]
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _check_finite_inside(value: Any, key: str) -> None:
+    """Free-form mappings (hparams, kwargs): no NaN or infinity anywhere inside."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite_inside(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite_inside(v, f"{key}[{i}]")
 
 
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
@@ -197,7 +250,7 @@ def _apply_override(raw: dict, item: str) -> None:
         raise ConfigError(f"override {item!r} is not key=value")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text)
+        value = yaml_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}: value {text!r} is not valid YAML ({err.__class__.__name__})") from None
     parts = key.strip().split(".")
@@ -219,12 +272,19 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
+        if loaded is None:  # empty or only comments: never run the defaults by surprise
+            raise ConfigError(
+                f"config file {str(path)!r} is empty; write the keys to change, or leave out --config "
+                "(or use --config default) for the built-in defaults"
+            )
+        if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-        raw = loaded or {}
+        raw = loaded
     for item in overrides:
         _apply_override(raw, item)
     config = from_dict(TrainConfig, raw)
@@ -273,4 +333,58 @@ def check(config: TrainConfig) -> None:
         lo, hi = getattr(config.unroll, key)
         if not 0 < lo <= hi:
             raise ConfigError(f"unroll.{key}: need 0 < low <= high, got [{lo}, {hi}]")
+    u = config.unroll
+    if u.loss_clip <= 0:  # every clipped term would be constant: all meta-gradients zero
+        raise ConfigError(f"unroll.loss_clip: must be > 0 (normalized losses above it count as it), got {u.loss_clip}")
+    longest = u.episode_length if u.episode == "constant" else u.max_episode_length
+    if config.estimator.kind != "full_es" and u.truncation_length > longest:
+        which = "unroll.episode_length" if u.episode == "constant" else "unroll.max_episode_length"
+        raise ConfigError(
+            f"unroll.truncation_length: {u.truncation_length} is longer than the longest episode ({which} {longest}); "
+            f"use at most {longest}"
+        )
+    m = config.meta_opt
+    if m.learning_rate <= 0:
+        raise ConfigError(f"meta_opt.learning_rate: must be > 0, got {m.learning_rate}")
+    for key, value in (("meta_opt.grad_clip", m.grad_clip), ("meta_opt.final_lr_fraction", m.final_lr_fraction),
+                       ("meta_opt.warmup_steps", m.warmup_steps), ("validation.every", config.validation.every)):
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    _check_arch(config.optimizer)
+    _check_names(config)
 
+
+def _check_names(config: TrainConfig) -> None:
+    """Task and meta-optimizer names, so a typo is refused before a run directory is touched."""
+    import optax
+
+    from lopt.tasks import registry
+
+    known = registry.task_names() + registry.family_names()
+    for i, spec in enumerate(config.tasks):
+        if spec.name not in known:
+            raise ConfigError(f"tasks[{i}].name: unknown task or family {spec.name!r}; valid names: {', '.join(known)}")
+    if config.validation.every > 0:
+        for i, name in enumerate(config.validation.tasks):
+            if name not in registry.task_names():
+                raise ConfigError(
+                    f"validation.tasks[{i}]: unknown task {name!r}; valid tasks: {', '.join(registry.task_names())}"
+                )
+    if not callable(getattr(optax, config.meta_opt.name, None)) or config.meta_opt.name.startswith("_"):
+        raise ConfigError(f"meta_opt.name: {config.meta_opt.name!r} is not an optax optimizer (e.g. adam, adamw, sgd, lion)")
+
+
+def _check_arch(opt: OptimizerConfig) -> None:
+    """The architecture and its hyperparameters, before anything is built or compiled."""
+    cls = architectures.REGISTRY.get(opt.arch)
+    if cls is None:
+        raise ConfigError(f"optimizer.arch: unknown architecture {opt.arch!r}; valid: {', '.join(architectures.names())}")
+    for name, value in opt.hparams.items():
+        try:
+            check_hparams(cls, {name: value})
+        except OptimizerError as err:
+            raise ConfigError(f"optimizer.hparams.{name}: {str(err).split(': ', 1)[-1]} ({opt.arch})") from None
+    try:
+        architectures.get(opt.arch, **opt.hparams)
+    except (OptimizerError, TypeError) as err:
+        raise ConfigError(f"optimizer.hparams: {err}") from None

@@ -15,7 +15,7 @@ wrapped with :func:`optax.with_extra_args_support` and ignore it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,10 @@ def eval_steps(num_steps: int, eval_every: int) -> np.ndarray:
     return np.asarray(steps, np.int32)
 
 
-def _validate(task: Task, data: Data, params: Any, key: jax.Array, hparams: HParams, eval_batches: int):
-    """Mean validation loss and aux metrics over ``eval_batches`` sampled batches."""
+def _validate(task: Task, data: Data, params: Any, key: jax.Array, hparams: HParams, eval_batches: int | None):
+    """Validation loss and aux metrics: the whole split (``None``) or the mean of ``eval_batches`` sampled batches."""
+    if eval_batches is None:
+        return task.valid_loss_full(params, data, hparams)
 
     def one(k):
         batch = task.sample_batch(data, k, "valid", hparams)
@@ -59,8 +61,9 @@ def train_task(
     num_steps: int,
     hparams: HParams | None = None,
     eval_every: int = 100,
-    eval_batches: int = 4,
+    eval_batches: int | None = None,
     return_params: bool = False,
+    eval_params: Callable[[Any, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` for ``num_steps`` steps of ``tx`` from a fresh init drawn with ``key``.
 
@@ -72,13 +75,20 @@ def train_task(
       num_steps: number of inner steps (static).
       hparams: traced task hyperparameters; ``task.default_hparams()`` if None.
       eval_every: validation period in steps (static); see :func:`eval_steps`.
-      eval_batches: validation batches averaged per evaluation (static).
-      return_params: also return the final parameters.
+      eval_batches: None (default) validates on the whole validation split
+        (:meth:`Task.valid_loss_full`: noise-free, the same examples for every
+        optimizer, what evaluation reports); an int averages that many sampled
+        batches instead (cheaper, what meta-validation uses).
+      return_params: also return the final parameters and optimizer state.
+      eval_params: ``(opt_state, params) -> params`` to validate at other
+        parameters than the iterate, e.g. schedule-free's averaged ones
+        (``optax.contrib.schedule_free_eval_params``); training is unchanged.
 
     Returns a dict of arrays:
       ``train_loss`` (num_steps,) loss of each step's batch before its update;
       ``valid_loss`` (E,) and ``valid_aux`` {name: (E,)} at :func:`eval_steps`;
-      ``eval_step`` (E,) the step numbers; ``final_params`` if requested.
+      ``eval_step`` (E,) the step numbers; ``final_params`` and
+      ``final_opt_state`` if requested.
     """
     hp = task.default_hparams() if hparams is None else hparams
     update = optax_update(tx)
@@ -93,29 +103,31 @@ def train_task(
     def run(carry, start, length):
         return jax.lax.scan(step, carry, start + jnp.arange(length, dtype=jnp.int32))
 
-    def evaluate(params, i):
-        return _validate(task, data, params, jax.random.fold_in(k_valid, i), hp, eval_batches)
+    def evaluate(carry, i):
+        params, opt_state = carry
+        at = params if eval_params is None else eval_params(opt_state, params)
+        return _validate(task, data, at, jax.random.fold_in(k_valid, i), hp, eval_batches)
 
     steps = eval_steps(num_steps, eval_every)
     num_chunks, remainder = divmod(num_steps, eval_every)
 
     def chunk(carry, i):
         carry, losses = run(carry, i * eval_every, eval_every)
-        return carry, (losses, evaluate(carry[0], i + 1))
+        return carry, (losses, evaluate(carry, i + 1))
 
-    v0 = evaluate(params, 0)
     carry = (params, opt_state)
+    v0 = evaluate(carry, 0)
     carry, (losses, (vloss, vaux)) = jax.lax.scan(chunk, carry, jnp.arange(num_chunks, dtype=jnp.int32))
     losses = losses.reshape(-1)
     vloss = jnp.concatenate([v0[0][None], vloss])
     vaux = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), v0[1], vaux)
     if remainder:
         carry, tail = run(carry, num_chunks * eval_every, remainder)
-        vl, va = evaluate(carry[0], num_chunks + 1)
+        vl, va = evaluate(carry, num_chunks + 1)
         losses = jnp.concatenate([losses, tail])
         vloss = jnp.concatenate([vloss, vl[None]])
         vaux = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), vaux, va)
     out = {"train_loss": losses, "valid_loss": vloss, "valid_aux": vaux, "eval_step": jnp.asarray(steps)}
     if return_params:
-        out["final_params"] = carry[0]
+        out["final_params"], out["final_opt_state"] = carry
     return out

@@ -11,6 +11,19 @@ checkpoint computes exactly what the uninterrupted run computes.
 Ctrl-C (SIGINT) only sets a flag; the loop then finishes the step in flight,
 writes a checkpoint and raises :class:`TrainingInterrupted`, so the state on
 disk is always consistent and ``lopt train`` with the same arguments resumes.
+``lopt train`` installs that flag before it reads the config or compiles
+anything (a KeyboardInterrupt landing inside JAX's compiler can crash the
+interpreter), and a Ctrl-C before the first outer step saves nothing new.
+
+Resuming is refused when the config differs from the one the directory's
+run was started with (one line listing ``key: old -> new``) unless the caller
+allows it (``--allow-config-change``), which is then recorded in the
+checkpoints and the final optimizer's metadata. A damaged newest checkpoint is
+skipped with a warning (:func:`lopt.metatrain.checkpoint.restore_latest`).
+Meta-steps skipped for a non-finite meta-gradient are counted in every
+metrics record, the progress bar and the checkpoints; a run that skipped
+most of them says so at the end. Every metrics line is strict JSON
+(non-finite numbers are written as the strings ``"inf"``/``"nan"``).
 
 The state is laid out by a :class:`~lopt.metatrain.sharding.TaskMesh`: tasks split
 over every device (of every process, after :func:`lopt.metatrain.distributed.initialize`),
@@ -22,9 +35,11 @@ SIGTERM (preemption) at the step JAX's preemption service picks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,8 +50,10 @@ import jax.numpy as jnp
 import optax
 
 from lopt.base import tree_all_finite
+from lopt.io import json_safe
 from lopt.metatrain import build, checkpoint, distributed
-from lopt.metatrain.config import TrainConfig, to_dict
+from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
+from lopt.metatrain.rundir import check_config_change, remove_stale_tmp, trim_metrics, write_record
 from lopt.metatrain.sharding import TaskMesh
 from lopt.metatrain.validation import MetaValidator
 
@@ -45,11 +62,20 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: a checkpoint was saved at ``step``."""
+    """Ctrl-C during training: a checkpoint was saved at ``step`` (unless nothing new existed)."""
 
-    def __init__(self, step: int, out_dir: Path):
-        super().__init__(f"interrupted at outer step {step}; checkpoint saved in {out_dir}; rerun to resume")
+    def __init__(self, step: int, out_dir: Path, saved: bool = True):
+        if saved:
+            msg = f"interrupted at outer step {step}; checkpoint saved in {out_dir}; rerun to resume"
+        else:
+            msg = f"interrupted before outer step {step + 1}; nothing new to save in {out_dir}; rerun to resume"
+        super().__init__(msg)
         self.step = step
+        self.saved = saved
+
+
+# A share of skipped meta-steps above this is reported at the end of a run.
+SKIPPED_WARN_FRACTION = 0.5
 
 
 class Engine:
@@ -147,31 +173,16 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- I/O helpers
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop records written after the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except json.JSONDecodeError:  # a line cut by a crash
-            continue
-    path.write_text("".join(line + "\n" for line in kept))
+class InterruptFlag:
+    """Turns SIGINT into a flag checked between outer steps (main thread only).
 
+    ``lopt train`` enters it before reading the config, so a Ctrl-C during a
+    compile is only noted; a second Ctrl-C gives up at once.
+    """
 
-def _remove_stale_tmp(out: Path) -> None:
-    for name in os.listdir(out):
-        if name.startswith(".tmp_ckpt_"):
-            (out / name).unlink(missing_ok=True)
-
-
-class _SigintFlag:
-    """Turns SIGINT into a flag checked between outer steps (main thread only)."""
-
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.raised = False
+        self.announce = announce
         self._old = None
 
     def __enter__(self):
@@ -183,6 +194,8 @@ class _SigintFlag:
         if self.raised:  # second Ctrl-C: give up immediately
             raise KeyboardInterrupt
         self.raised = True
+        if self.announce:
+            print("lopt train: stopping at the next outer step (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -197,57 +210,92 @@ def _mean_metrics(pending: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------- the loop
 def train(
-    config: TrainConfig, out_dir: str | Path, progress: bool | None = None, *, engine: Engine | None = None
+    config: TrainConfig,
+    out_dir: str | Path,
+    progress: bool | None = None,
+    *,
+    engine: Engine | None = None,
+    interrupt: InterruptFlag | None = None,
+    allow_config_change: bool = False,
 ) -> Any:
     """Meta-train per ``config``, writing everything to ``out_dir``; returns the TrainedOptimizer.
 
-    Resumes automatically from the newest checkpoint in ``out_dir``. ``engine``
-    may pass an :class:`Engine` already built (and compiled) for this config.
-    With several processes every one calls this; only process 0 writes.
+    Resumes automatically from the newest intact checkpoint in ``out_dir``;
+    refuses (:class:`~lopt.metatrain.rundir.ConfigChanged`) when that run had another config unless
+    ``allow_config_change``. ``engine`` may pass an :class:`Engine` already
+    built (and compiled) for this config; ``interrupt`` an :class:`InterruptFlag`
+    the caller entered already (else one is installed here). With several
+    processes every one calls this; only process 0 writes.
     """
     from tqdm import tqdm
 
     main = distributed.is_main_process()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    # Before anything is built or compiled: never mix two configs in one directory by accident.
+    changes = check_config_change(out, config, allow_config_change, main)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(out)
+        remove_stale_tmp(out)
+    flag_ctx = contextlib.nullcontext(interrupt) if interrupt is not None else InterruptFlag(announce=False)
+    with flag_ctx as sigint:
+        return _train(config, out, progress, engine, sigint, changes, main, tqdm)
+
+
+def _train(config, out, progress, engine, sigint, changes, main, tqdm) -> Any:
     if engine is None:
         engine = Engine(config)
     elif engine.config != config:
         raise ValueError("train: the engine passed was built for a different config")
+    if jax.process_count() == 1 and sigint.raised:  # Ctrl-C while building: nothing computed yet
+        raise TrainingInterrupted(0, out, saved=False)
     start = 0
-    restored = checkpoint.restore_latest(out, engine.state_shapes)
+    warn = (lambda msg: print(f"lopt train: warning: {msg}", file=sys.stderr, flush=True)) if main else None
+    restored = checkpoint.restore_latest(out, engine.state_shapes, on_skip=warn)
+    history: list = []
+    skipped_total = 0
     if restored is None:
         state = engine.init_state()
     else:
-        host_state, info = restored
+        host_state, saved_info = restored
         state = engine.place(host_state)
-        start = int(info["step"])
-        if main and info.get("config") != to_dict(config):
-            print(f"lopt train: warning: resuming from step {start} with a different config", flush=True)
+        start = int(saved_info["step"])
+        history = list(saved_info.get("config_changes", []))
+        skipped_total = int(saved_info.get("skipped_meta_steps", 0))
+    if changes:
+        history.append({"step": start, "changes": changes})
     _check_same_start(start, out)
     note = engine.mesh.describe([g.num_tasks for g in engine.unroller.groups])
     if main and note:
         print(f"lopt train: note: {note}", flush=True)
     metrics_path = out / METRICS_FILE
     if main:
-        _trim_metrics(metrics_path, start)
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        trim_metrics(metrics_path, start)
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2, allow_nan=False) + "\n")
     validator = _make_validator(engine) if main else None
     info = {"config": to_dict(config), "arch": engine.arch.arch}
+    if history:
+        info["config_changes"] = history
     total = config.num_outer_steps
     show = (config.progress if progress is None else progress) and main
     bar = tqdm(total=total, initial=start, disable=not show, dynamic_ncols=True, desc="meta-train")
     pending: list[dict] = []
     t_window, steps_window = time.perf_counter(), 0
     step = start
+
+    def counted() -> dict:  # what a checkpoint records: the info plus skipped meta-steps so far
+        extra = sum(float(m["skipped_meta_steps"]) for m in jax.device_get(pending)) if pending else 0.0
+        return {**info, "skipped_meta_steps": skipped_total + int(round(extra))}
+
     # other processes log to the null device: the same code path, nothing written
-    with open(metrics_path if main else os.devnull, "a") as log, _SigintFlag() as sigint:
+    with open(metrics_path if main else os.devnull, "a") as log:
         while step < total:
             if _stop_requested(sigint, step, config.log_every):
-                _save(engine, out, step, state, info, config.keep_checkpoints)
                 bar.close()
+                if step == start:  # nothing computed since the checkpoint we started from
+                    raise TrainingInterrupted(step, out, saved=False)
+                _save(engine, out, step, state, counted(), config.keep_checkpoints)
                 raise TrainingInterrupted(step, out)
             state, metrics = engine.step_fn(state, engine.step_key(step), engine.data)
             step += 1
@@ -256,22 +304,36 @@ def train(
             bar.update(1)
             if step % config.log_every == 0 or step == total:
                 record = _mean_metrics(pending)
+                skipped_total += int(round(record["skipped_meta_steps"] * len(pending)))
                 elapsed = time.perf_counter() - t_window
                 record["inner_steps_per_s"] = steps_window * engine.inner_steps_per_outer / max(elapsed, 1e-9)
+                record["skipped_meta_steps_total"] = skipped_total
                 record["step"] = step
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                bar.set_postfix(meta_loss=f"{record['meta_loss']:.4f}", inner_sps=f"{record['inner_steps_per_s']:.0f}")
+                write_record(log, record)
+                post = {"meta_loss": f"{record['meta_loss']:.4f}", "inner_sps": f"{record['inner_steps_per_s']:.0f}"}
+                if skipped_total:
+                    post["skipped"] = str(skipped_total)
+                bar.set_postfix(post)
                 pending, t_window, steps_window = [], time.perf_counter(), 0
             if validator is not None and (step % config.validation.every == 0 or step == total):
                 for rec in validator(jax.device_get(state["meta_params"])):
-                    log.write(json.dumps({"step": step, "kind": "validation", **rec}) + "\n")
-                log.flush()
+                    write_record(log, {"step": step, "kind": "validation", **rec})
                 t_window, steps_window = time.perf_counter(), 0
             if step % config.checkpoint_every == 0 or step == total:
-                _save(engine, out, step, state, info, config.keep_checkpoints)
+                _save(engine, out, step, state, counted(), config.keep_checkpoints)
     bar.close()
-    return _export(engine, state["meta_params"], out, step, write=main)
+    if main and total and skipped_total > SKIPPED_WARN_FRACTION * total:
+        print(
+            f"lopt train: warning: {skipped_total} of {total} meta-steps ({100 * skipped_total / total:.0f}%) were "
+            "skipped for a non-finite meta-gradient: the optimizer barely trained (try a smaller "
+            "meta_opt.learning_rate or estimator.std, or check the tasks)",
+            file=sys.stderr,
+            flush=True,
+        )
+    extra = {"skipped_meta_steps": skipped_total}
+    if history:
+        extra["config_changes"] = history
+    return _export(engine, state["meta_params"], out, step, write=main, extra=extra)
 
 
 def _save(engine: Engine, out: Path, step: int, state: dict, info: dict, keep: int) -> None:
@@ -281,7 +343,7 @@ def _save(engine: Engine, out: Path, step: int, state: dict, info: dict, keep: i
         checkpoint.save(out, step, host_state, info, keep)
 
 
-def _stop_requested(sigint: "_SigintFlag", step: int, every: int) -> bool:
+def _stop_requested(sigint: InterruptFlag, step: int, every: int) -> bool:
     """Stop and checkpoint now? Called at every step by every process.
 
     One process: on Ctrl-C. Several: when JAX's preemption service says all
@@ -313,8 +375,14 @@ def _make_validator(engine: Engine) -> MetaValidator | None:
     return MetaValidator(engine.arch, tasks, cfg.num_steps, cfg.num_seeds, engine.config.seed, engine.config.mup)
 
 
-def _export(engine: Engine, meta_params: Any, out: Path, step: int, write: bool = True) -> Any:
-    """Write ``out/optimizer.safetensors`` (if ``write``) in lopt's format and return the TrainedOptimizer."""
+def _export(
+    engine: Engine, meta_params: Any, out: Path, step: int, write: bool = True, extra: dict | None = None
+) -> Any:
+    """Write ``out/optimizer.safetensors`` (if ``write``) in lopt's format and return the TrainedOptimizer.
+
+    The metadata goes through :func:`lopt.io.json_safe` first: after a run
+    succeeded, writing its result must not fail on how its record is spelled.
+    """
     from lopt import TrainedOptimizer
 
     config = engine.config
@@ -328,8 +396,9 @@ def _export(engine: Engine, meta_params: Any, out: Path, step: int, write: bool 
         "init_from": config.optimizer.init_from,
         # Evaluation reads this: a muP-mode optimizer needs each task's muP factors (lopt.mup).
         "mup": config.mup,
+        **(extra or {}),
     }
-    trained = TrainedOptimizer(engine.arch, jax.device_get(meta_params), metadata)
+    trained = TrainedOptimizer(engine.arch, jax.device_get(meta_params), json_safe(metadata))
     if write:
-        trained.save(out / OPTIMIZER_FILE, provenance={"config": to_dict(config)})
+        trained.save(out / OPTIMIZER_FILE, provenance={"config": json_safe(to_dict(config))})
     return trained

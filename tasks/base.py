@@ -59,6 +59,8 @@ class Task(abc.ABC):
     can still be *won* against a baseline that already sits at the floor.
     """
 
+    VALID_CHUNK_ROWS = 512  # rows per chunk of whole-split validation (a class constant, not a field)
+
     @property
     @abc.abstractmethod
     def name(self) -> str:
@@ -116,6 +118,26 @@ class Task(abc.ABC):
     ) -> Batch:
         """Sample one batch inside jit from ``data[split]`` (``split`` is static)."""
 
+    def valid_loss_full(
+        self, params: Params, data: Data, hparams: HParams | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Loss and aux metrics on the *whole* validation split (jittable, memory bounded).
+
+        Why not sampled batches: a validation loss that decides early stopping,
+        tuning and speedups must not carry its own sampling noise, and must be
+        measured on the same examples for every optimizer. Row-structured
+        splits (every field has the same leading axis, and a batch is a set of
+        rows, as :func:`lopt.tasks.sampling.take_rows` makes) are walked in
+        chunks of at most ``VALID_CHUNK_ROWS`` rows by :func:`mean_over_rows`.
+        A task without validation arrays (generated data) has a deterministic
+        validation batch, which is the whole split. Tasks whose split is not
+        rows (a token stream) override this.
+        """
+        rows = data["valid"]
+        if not rows:
+            return self.loss_and_aux(params, self.sample_batch(data, jax.random.PRNGKey(0), "valid", hparams), hparams)
+        return mean_over_rows(lambda batch: self.loss_and_aux(params, batch, hparams), rows, self.VALID_CHUNK_ROWS)
+
     # ----------------------------------------------------------- helpers
     def _hp(self, hparams: HParams | None) -> HParams:
         return self.default_hparams() if hparams is None else hparams
@@ -139,6 +161,31 @@ def _size(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def mean_over_rows(fn, rows: dict[str, jax.Array], chunk: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Row-weighted mean of ``fn(batch) -> (loss, aux)`` over all rows, ``chunk`` rows at a time.
+
+    ``fn`` returns means over its batch, so the whole-split mean is the
+    chunk means weighted by chunk sizes: full chunks go through one
+    ``lax.map`` (one chunk's activations live at a time), the remainder is one
+    smaller batch. Exact for any row count, no padding, no masking.
+    """
+    n = int(jax.tree.leaves(rows)[0].shape[0])
+    full, rem = divmod(n, chunk) if n > chunk else (0, n)
+    parts, weights = [], []
+    if full:
+        stacked = jax.tree.map(lambda a: a[: full * chunk].reshape(full, chunk, *a.shape[1:]), rows)
+        loss, aux = jax.lax.map(fn, stacked)
+        parts.append((jnp.sum(loss), jax.tree.map(jnp.sum, aux)))
+        weights.append(float(chunk))
+    if rem:
+        loss, aux = fn(jax.tree.map(lambda a: a[full * chunk:], rows))
+        parts.append((loss, aux))
+        weights.append(float(rem))
+    total_loss = sum(w * l for w, (l, _) in zip(weights, parts)) / n
+    total_aux = jax.tree.map(lambda *xs: sum(w * x for w, x in zip(weights, xs)) / n, *[a for _, a in parts])
+    return total_loss, total_aux
 
 
 def check_split(split: str) -> None:

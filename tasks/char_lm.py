@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from lopt.tasks import layers, sampling
-from lopt.tasks.base import Batch, Data, HParams, Params, Task, TaskError, check_split, tree_hparams_like
+from lopt.tasks.base import (
+    Batch, Data, HParams, Params, Task, TaskError, check_split, mean_over_rows, tree_hparams_like,
+)
 from lopt.tasks.corpus import VOCAB_SIZE, load_corpus
 from lopt.tasks.supervised import log_uniform, softmax_cross_entropy
 
@@ -132,6 +134,27 @@ class CharTransformerLM(Task):
         windows = jnp.take(tokens, starts[:, None] + jnp.arange(self.seq_len + 1)[None, :], axis=0)
         windows = windows.astype(jnp.int32)
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+    def valid_windows(self, data: Data) -> Batch:
+        """The validation text cut into consecutive windows: every character after the first is a target once.
+
+        Window ``i`` reads characters ``[i*L, i*L + L]`` (``L = seq_len``), so
+        consecutive windows share one boundary character (a target in one, the
+        first input of the next); a tail shorter than ``L`` is left out.
+        """
+        tokens = data["valid"]["tokens"]
+        num = (tokens.shape[0] - 1) // self.seq_len
+        if num < 1:
+            raise TaskError(f"validation text of {tokens.shape[0]} characters is shorter than seq_len + 1")
+        starts = jnp.arange(num) * self.seq_len
+        windows = jnp.take(tokens, starts[:, None] + jnp.arange(self.seq_len + 1)[None, :], axis=0).astype(jnp.int32)
+        return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+    def valid_loss_full(self, params: Params, data: Data, hparams: HParams | None = None):
+        """Mean next-character loss over :meth:`valid_windows`, in chunks of about 16k tokens."""
+        chunk = max(1, 16384 // self.seq_len)
+        fn = lambda batch: self.loss_and_aux(params, batch, hparams)  # noqa: E731
+        return mean_over_rows(fn, self.valid_windows(data), chunk)
 
 
 def _scaled(p: dict[str, jax.Array], scale: jax.Array) -> dict[str, jax.Array]:

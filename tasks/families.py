@@ -94,3 +94,65 @@ def images16_family() -> TaskFamily:
         tasks=tuple(ConvClassifier(dataset=d, image_size=16, channels=(8, 16, 32)) for d in datasets),
         description="CNNs on tfds images resized to 16x16 (needs the tfds data once)",
     )
+
+
+# ---------------------------------------------------------------- users'-workload families (issue 14)
+# Small members of the kinds in the `realistic` suite, each a few ms per step on 2 cores, so a
+# meta-training mixture can include them. Static variants differ in shape; traced hparams as usual.
+# No variant is exactly a task of the held_out or realistic suites (those stay unseen).
+
+
+def transformer_lm_family() -> TaskFamily:
+    from lopt.tasks.lm import TransformerLM
+
+    variants = [(1, 32, 2, 16, 32), (2, 32, 2, 32, 8), (1, 64, 4, 16, 16), (2, 48, 4, 32, 8)]  # L, d, heads, seq, batch
+    return TaskFamily(
+        name="transformer_lm_family",
+        tasks=tuple(
+            TransformerLM(num_layers=n, d_model=d, num_heads=h, seq_len=t, batch_size=b, valid_tokens=4096)
+            for n, d, h, t, b in variants
+        ),
+        description="pre-LN char transformers on stdlib source, 1-2 layers, d 32-64; contiguous valid tail",
+    )
+
+
+def resmlp_family() -> TaskFamily:
+    from lopt.tasks.resnets import ResidualMLP
+
+    variants = [(32, 2, "relu", None), (64, 1, "relu", 256), (48, 3, "gelu", 512), (64, 2, "silu", None)]
+    return TaskFamily(
+        name="resmlp_family",
+        tasks=tuple(
+            ResidualMLP(width=w, num_blocks=n, activation=a, train_examples=sub) for w, n, a, sub in variants
+        ),
+        description="residual MLPs + LayerNorm on 8x8 digits, 1-3 blocks, width 32-64, some on 256/512-example subsets",
+    )
+
+
+def conv1d_family() -> TaskFamily:
+    from lopt.tasks.conv1d import SequenceConvClassifier
+    from lopt.tasks.lm import ConvLM
+
+    return TaskFamily(
+        name="conv1d_family",
+        tasks=(
+            SequenceConvClassifier(channels=(16, 32), batch_size=64),
+            SequenceConvClassifier(channels=(8, 16, 16), kernel=3, activation="gelu", batch_size=64),
+            ConvLM(num_layers=2, d_model=32, seq_len=32, batch_size=16, valid_tokens=4096),
+        ),
+        description="1-D CNNs: classifiers over the 64-pixel digit sequence and a small causal conv char LM",
+    )
+
+
+def rescnn_family() -> TaskFamily:
+    from lopt.tasks.resnets import ResidualCNN
+
+    return TaskFamily(
+        name="rescnn_family",
+        tasks=(
+            ResidualCNN(channels=(8, 16), batch_size=64),
+            ResidualCNN(channels=(16,), batch_size=64, activation="silu", train_examples=512),
+            ResidualCNN(channels=(8, 16), batch_size=32, blocks_per_stage=2),
+        ),
+        description="residual CNNs + LayerNorm on 8x8 digits, 1-2 stages, 8-16 channels, batch 32-64",
+    )

@@ -20,10 +20,13 @@ from lopt.tasks import families as fam
 from lopt.tasks.base import Task, TaskError, TaskFamily
 from lopt.tasks.char_lm import CharTransformerLM
 from lopt.tasks.cnn import ConvClassifier
+from lopt.tasks.conv1d import SequenceConvClassifier
+from lopt.tasks.lm import ConvLM, TransformerLM
 from lopt.tasks.mlp import MLPClassifier
 from lopt.tasks.mup import MupMLP, MupTransformer, mup_mlp_family, mup_transformer_family
 from lopt.tasks.quadratic import Quadratic
 from lopt.tasks.regression import LinearRegression
+from lopt.tasks.resnets import ResidualCNN, ResidualMLP
 
 TASKS: dict[str, Callable[[], Task]] = {
     # generated data
@@ -59,6 +62,32 @@ TASKS: dict[str, Callable[[], Task]] = {
     "mup_mlp_digits": lambda: MupMLP(width=128, task_name="mup_mlp_digits"),
     "sp_mlp_digits": lambda: MupMLP(width=128, mup=False, task_name="sp_mlp_digits"),
     "mup_char_lm": lambda: MupTransformer(d_model=128, num_layers=1, task_name="mup_char_lm"),
+    # workloads shaped like users' models (offline; issue 14): pre-LN transformer LMs whose validation split is
+    # a contiguous held-out tail of the text, residual nets with LayerNorm on small training subsets (they
+    # over-fit, so validation loss decides), 1-D CNNs, and a cheap task for 20,000+-step runs
+    "transformer_lm_tiny": lambda: TransformerLM(
+        num_layers=1, d_model=32, num_heads=2, seq_len=32, batch_size=16, valid_tokens=4096, task_name="transformer_lm_tiny"
+    ),
+    "transformer_lm_small": lambda: TransformerLM(
+        num_layers=2, d_model=64, num_heads=4, seq_len=32, batch_size=8, valid_tokens=4096, task_name="transformer_lm_small"
+    ),
+    "transformer_lm_medium": lambda: TransformerLM(
+        num_layers=3, d_model=128, num_heads=4, seq_len=32, batch_size=4, valid_tokens=2048, task_name="transformer_lm_medium"
+    ),
+    "conv_lm": lambda: ConvLM(num_layers=3, d_model=32, kernel=3, seq_len=32, batch_size=8, valid_tokens=4096, task_name="conv_lm"),
+    "resmlp_digits": lambda: ResidualMLP(width=128, num_blocks=3, train_examples=256, batch_size=64, task_name="resmlp_digits"),
+    "resmlp_digits16": lambda: ResidualMLP(
+        image_size=16, width=96, num_blocks=2, train_examples=512, batch_size=64, task_name="resmlp_digits16"
+    ),
+    "resmlp_digits_small": lambda: ResidualMLP(width=32, num_blocks=2, task_name="resmlp_digits_small"),
+    "conv1d_digits_seq": lambda: SequenceConvClassifier(batch_size=64, task_name="conv1d_digits_seq"),
+    "conv1d_digits16_seq": lambda: SequenceConvClassifier(
+        image_size=16, train_examples=512, batch_size=32, task_name="conv1d_digits16_seq"
+    ),
+    "rescnn_digits": lambda: ResidualCNN(channels=(8, 16), batch_size=32, task_name="rescnn_digits"),
+    "rescnn_digits16": lambda: ResidualCNN(
+        image_size=16, channels=(8, 16), train_examples=512, batch_size=32, task_name="rescnn_digits16"
+    ),
 }
 
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
@@ -73,6 +102,10 @@ FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     "mup_mlp_family": mup_mlp_family,
     "sp_mlp_family": lambda: mup_mlp_family(mup=False),
     "mup_char_lm_family": mup_transformer_family,
+    "transformer_lm_family": fam.transformer_lm_family,
+    "resmlp_family": fam.resmlp_family,
+    "conv1d_family": fam.conv1d_family,
+    "rescnn_family": fam.rescnn_family,
 }
 
 

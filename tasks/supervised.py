@@ -9,7 +9,8 @@ hyperparameters so that a family of tasks shares one compiled program:
 * ``label_noise``: probability that a training label is replaced by a random class;
 * ``data_fraction``: fraction of the training split that batches are drawn from.
 
-The validation split is never noised or sub-sampled. ``loss_scale`` is
+The validation split is never noised or sub-sampled, and evaluation scores all
+of it (:meth:`Task.valid_loss_full` walks its rows in chunks). ``loss_scale`` is
 ``log(num_classes)``, the loss of a uniform prediction.
 
 A subclass only adds ``init_model(key) -> params`` and ``apply(params, images)
@@ -73,6 +74,7 @@ class ClassificationTask(Task):
     image_size: int | None = None  # None = native resolution
     batch_size: int = 128
     max_examples: int | None = None  # cap rows per split (tests, quick looks)
+    train_examples: int | None = None  # keep only the first N (shuffled) training rows: a small set over-fits
     init_scale_range: tuple[float, float] = (0.5, 2.0)
     label_noise_range: tuple[float, float] = (0.0, 0.2)
     data_fraction_range: tuple[float, float] = (0.1, 1.0)
@@ -81,6 +83,8 @@ class ClassificationTask(Task):
         get_spec(self.dataset)  # unknown dataset -> DatasetError listing valid names
         if self.batch_size < 1:
             raise TaskError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.train_examples is not None and self.train_examples < 1:
+            raise TaskError(f"train_examples must be >= 1 or None, got {self.train_examples}")
 
     # ------------------------------------------------------------- subclass hooks
     @abc.abstractmethod
@@ -133,6 +137,8 @@ class ClassificationTask(Task):
 
     def load_data(self) -> Data:
         host = load_images(self.dataset, self.image_size, self.max_examples)
+        if self.train_examples is not None:  # train rows are shuffled at load time: a prefix is a random subset
+            host = {**host, "train": {k: v[: self.train_examples] for k, v in host["train"].items()}}
         return jax.tree.map(jnp.asarray, host)
 
     def sample_batch(self, data: Data, key: jax.Array, split: str = "train", hparams: HParams | None = None) -> Batch:

@@ -6,6 +6,7 @@ import json
 import math
 
 import jax
+import numpy as np
 import pytest
 
 from lopt.eval.compare import compare_on_suite
@@ -22,60 +23,83 @@ def fresh_optimizer():
     return lopt.TrainedOptimizer(arch, arch.init_meta_params(jax.random.PRNGKey(0)), {})
 
 
+TINY = {  # every built-in baseline on two tiny tasks: compiles dominate, so few and small programs
+    "name": "tiny", "seeds": 2, "tuning_seeds": 1, "eval_every": 10,
+    "lr_grid": {"min": 1.0e-4, "max": 1.0e-1, "num": 8},
+    "tasks": [
+        {"task": "quadratic", "steps": 40, "overrides": {"dim": 4}},
+        {"task": "mlp_digits", "steps": 40, "overrides": {"hidden": [8]}},
+    ],
+}
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    from lopt.eval.suite import parse_suite
+
     out = tmp_path_factory.mktemp("smoke_eval")
-    report = compare_on_suite({LEARNED: fresh_optimizer()}, "smoke", out, progress=False, verbose=False)
+    report = compare_on_suite({LEARNED: fresh_optimizer()}, parse_suite(TINY), out, progress=False, verbose=False)
     return report, out
 
 
-def test_report_has_every_field(smoke):
+def test_report_shows_every_baseline_on_both_metrics(smoke):
+    from lopt.eval.baselines import BUILTIN
+
     report, out = smoke
-    on_disk = json.loads((out / "report.json").read_text())
-    for key in ("suite", "learned", "baselines", "protocol", "tasks", "summary", "wall_time_s", "device"):
-        assert key in on_disk, key
-    assert on_disk["learned"] == [LEARNED]
-    assert on_disk["baselines"][:2] == ["adam_default", "adam_tuned"]
-    seeds = on_disk["protocol"]["report_seeds"]
-    assert not set(on_disk["protocol"]["tuning_seeds"]) & set(seeds) and len(seeds) == 2
+    on_disk = json.loads((out / "report.json").read_text())  # written with allow_nan=False: strict JSON
+    names = [LEARNED, *BUILTIN]
+    assert on_disk["baselines"] == list(BUILTIN)
     assert [t["label"] for t in on_disk["tasks"]] == ["quadratic", "mlp_digits"]
     for task in on_disk["tasks"]:
-        for key in ("steps", "curve_steps", "tuning", "optimizers", "speedup", "outcomes", "num_params"):
-            assert key in task, key
-        assert task["curve_steps"][0] == 0 and task["curve_steps"][-1] == task["steps"]
-        for name in [LEARNED, "adam_default", "adam_tuned"]:
+        assert task["curve_steps"] == list(range(0, 42, 2))  # 20 validation points after step 0, same for all
+        assert set(task["optimizers"]) == set(names)
+        assert set(task["tuning"]) == {"adam_tuned", "adamw_cosine"}
+        for name in names:
             entry = task["optimizers"][name]
-            for key in ("final_train_loss", "final_valid_loss", "final_valid_accuracy", "diverged", "curve"):
-                assert key in entry, (name, key)
-            assert len(entry["curve"]["train_loss"]) == len(seeds)
-            assert len(entry["curve"]["train_loss"][0]) == len(task["curve_steps"])
-            assert math.isfinite(entry["final_train_loss"]) and entry["diverged"] == 0
-        sp = task["speedup"][LEARNED]
-        assert sp["speedup"] is not None and 0 <= sp["speedup"] <= on_disk["suite"]["speedup_horizon"]
-        assert set(task["outcomes"][LEARNED]) == {"adam_default", "adam_tuned"}
-    digits = on_disk["tasks"][1]["optimizers"]
-    assert 0.0 <= digits["adam_tuned"]["final_valid_accuracy"] <= 1.0  # accuracy where defined
-    assert on_disk["tasks"][0]["optimizers"]["adam_tuned"]["final_valid_accuracy"] is None  # quadratic: none
-    counts = on_disk["summary"][LEARNED]["win_tie_loss"]["adam_tuned"]
-    assert sum(counts.values()) == len(on_disk["tasks"])
-    assert on_disk["summary"][LEARNED]["speedup_median"] is not None
-    for task in on_disk["tasks"]:  # win_possible is consistent with the outcome
-        if not task["win_possible"]["adam_tuned"]:
-            assert task["outcomes"][LEARNED]["adam_tuned"] != "win"
+            assert np.asarray(entry["curve"]["valid_loss"]).shape == (2, 21), name
+            assert entry["best_valid_loss"] == pytest.approx(
+                min(np.mean(entry["curve"]["valid_loss"], axis=0)), rel=1e-12)
+        for metric in ("train", "valid"):
+            assert set(task["speedup"][LEARNED]) == set(BUILTIN) and task["counted"][metric]["why"]
+        for name in BUILTIN[3:]:  # the tuning-free ones train at their defaults (validation improves on the init)
+            entry = task["optimizers"][name]
+            assert entry["diverged"] == 0 and entry["best_valid_loss"] < np.mean(entry["curve"]["valid_loss"], 0)[0]
+        assert set(task["wall_time_s"]) == {LEARNED, "adam_default + adam_tuned", "adamw_cosine", *BUILTIN[3:]}
     md = (out / "report.md").read_text()
-    assert "| quadratic |" in md and "| mlp_digits |" in md and "win/tie/loss" in md
+    assert all(f"| {n} " in md or f" {n} |" in md for n in names) and "## Which tasks count" in md
 
 
-def test_tuned_adam_never_worse_than_default_on_tuning_seed(smoke):
+def test_every_optimizer_starts_from_the_same_whole_split_validation_loss(smoke):
+    """Same init key for all; step 0 is validated on the whole split (schedule-free: averaged = init params)."""
+    from lopt.eval.evaluate import build_task
+    from lopt.eval.suite import parse_suite
+
     report, _ = smoke
-    for task in report["tasks"]:
-        tuning = task["tuning"]
-        assert report["suite"]["default_lr"] in tuning["lr_grid"] and len(tuning["lr_grid"]) >= 8
-        assert tuning["chosen_score"] <= tuning["default_lr_score"]
-        assert tuning["chosen_score"] == min(tuning["scores"])
-        assert task["optimizers"]["adam_tuned"]["lr"] == tuning["chosen_lr"]
-    # on these easy tasks, tuning moves the learning rate somewhere useful
-    assert any(t["tuning"]["chosen_lr"] != report["suite"]["default_lr"] for t in report["tasks"])
+    for spec, task in zip(parse_suite(TINY).tasks, report["tasks"]):
+        t = build_task(spec)
+        data = t.load_data()
+        want = [float(t.valid_loss_full(t.init(jax.random.split(jax.random.PRNGKey(s), 3)[0]), data)[0])
+                for s in report["protocol"]["report_seeds"]]
+        for name, entry in task["optimizers"].items():
+            np.testing.assert_allclose([row[0] for row in entry["curve"]["valid_loss"]], want, rtol=1e-5,
+                                       err_msg=name)
+
+
+def test_reported_adamw_cosine_curve_is_a_run_at_the_tuned_rate(smoke):
+    """Re-running AdamW-cosine at the chosen rate on a reporting seed gives the reported curve."""
+    from lopt.eval.baselines import adamw_cosine
+    from lopt.eval.evaluate import build_task
+    from lopt.eval.runs import run_optimizer
+    from lopt.eval.suite import parse_suite
+
+    report, _ = smoke
+    task = report["tasks"][0]
+    lr = task["tuning"]["adamw_cosine"]["chosen_lr"]
+    assert task["optimizers"]["adamw_cosine"]["lr"] == lr and task["tuning"]["adamw_cosine"]["seeds"] == [0]
+    t = build_task(parse_suite(TINY).tasks[0])
+    again = run_optimizer(t, t.load_data(), adamw_cosine(lr, task["steps"]), [2], task["steps"], task["eval_every"])
+    np.testing.assert_allclose(again.valid_loss[0], task["optimizers"]["adamw_cosine"]["curve"]["valid_loss"][1],
+                               rtol=1e-5)
 
 
 def test_plots_written(smoke):
@@ -108,12 +132,24 @@ def test_extra_baseline_and_determinism():
         "tasks": [{"task": "quadratic", "steps": 20, "label": "quad4", "overrides": {"dim": 4}}],
     })
     opt = {LEARNED: fresh_optimizer()}
-    first = evaluate_suite(opt, suite, progress=False)
-    second = evaluate_suite(opt, suite, progress=False)
+    first = evaluate_suite(opt, suite, progress=False, baselines=("adam_default", "adam_tuned"))
+    second = evaluate_suite(opt, suite, progress=False, baselines=("adam_default", "adam_tuned"))
     task = first["tasks"][0]
     assert first["baselines"] == ["adam_default", "adam_tuned", "sgd_momentum"]
     assert first["protocol"]["tuning_seeds"] == [0, -1] and first["protocol"]["report_seeds"] == [1]
-    assert task["outcomes"][LEARNED]["sgd_momentum"] in ("win", "tie", "loss")
+    assert task["outcomes"][LEARNED]["sgd_momentum"]["valid"] in ("win", "tie", "loss")
     assert math.isfinite(task["optimizers"]["sgd_momentum"]["final_train_loss"])
     for name in (LEARNED, "adam_tuned", "sgd_momentum"):
         assert task["optimizers"][name]["curve"] == second["tasks"][0]["optimizers"][name]["curve"]
+
+
+def test_baselines_flag_is_checked_before_any_run(capsys):
+    from lopt.cli import main
+
+    assert main(["eval", "--optimizer", "default", "--suite", "smoke", "--baselines", "adam,prodigy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lopt: error: unknown baseline 'adam'") and "adamw_cosine" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "schedule_free_adamw" in capsys.readouterr().out

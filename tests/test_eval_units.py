@@ -76,11 +76,13 @@ def test_bad_task_name_and_override_are_clear():
         build_task(spec)
 
 
-def test_scaled_steps_are_multiples_of_eval_every():
+def test_scaled_steps_give_at_least_20_validation_points():
     assert scaled_steps(1000, 1.0, 50) == (1000, 50)
-    assert scaled_steps(1000, 0.013, 50) == (13, 13)
-    n, e = scaled_steps(1000, 0.33, 50)
-    assert n % e == 0 and abs(n - 330) <= 25
+    assert scaled_steps(300, 1.0, 25) == (300, 15)  # 12 points would be too few
+    assert scaled_steps(1000, 0.013, 50) == (13, 1)  # shorter than 20 steps: every step
+    for steps, scale, every in ((60, 1.0, 10), (20000, 1.0, 500), (777, 0.37, 50), (5000, 1.0, 250)):
+        n, e = scaled_steps(steps, scale, every)
+        assert n % e == 0 and e <= every and n // e >= 20 and abs(n - steps * scale) <= e
 
 
 def test_divergence_and_final_values():
@@ -92,15 +94,140 @@ def test_divergence_and_final_values():
     assert metrics.seed_mean(final) == INF and metrics.seed_mean(final[[0, 3]]) == pytest.approx(0.15)
 
 
-def test_speedup_definition():
+def test_speedup_on_constructed_curves():
     steps = [0, 10, 20, 30, 40]
-    adam = [5.0, 3.0, 2.0, 1.0, 0.5]
-    assert metrics.speedup(2.0, steps, adam, 20, 2.0) == {
-        "speedup": 1.0, "speedup_censored": False, "adam_steps_to_match": 20}
-    assert metrics.speedup(3.0, steps, adam, 20, 2.0)["speedup"] == 0.5
-    never = metrics.speedup(0.1, steps, adam, 20, 2.0)
-    assert never["speedup"] == 2.0 and never["speedup_censored"]
-    assert metrics.speedup(INF, steps, adam, 20, 2.0)["speedup"] is None
+    base = [5.0, 3.0, 2.0, 1.0, 0.5]
+    # training: we end at 2.0 after 20 steps; the baseline gets there at step 20
+    assert metrics.speedup(2.0, steps, base, 20) == {"speedup": 1.0, "censored": False, "baseline_steps": 20, "steps": 20}
+    assert metrics.speedup(3.0, steps, base, 20)["speedup"] == 0.5  # the baseline is twice as fast
+    # validation: our best 1.0 reached at step 10; the baseline needs 30 steps -> 3x, uncensored
+    ours = [5.0, 1.0, 1.2, 1.5, 2.0]
+    best, t_star = metrics.best_along(steps, ours)
+    assert (best, t_star) == (1.0, 10)
+    assert metrics.speedup(best, steps, base, t_star) == {"speedup": 3.0, "censored": False, "baseline_steps": 30,
+                                                          "steps": 10}
+    never = metrics.speedup(0.1, steps, base, 20)  # censored at the baseline's last step over ours
+    assert never["speedup"] == 2.0 and never["censored"]
+    assert metrics.speedup(INF, steps, base, 20)["speedup"] is None
+    assert metrics.speedup(1.0, steps, base, 0)["speedup"] is None  # best at step 0: never improved
+    assert metrics.speedup(1.0, steps, [5.0, np.nan, 0.9, 0.1, 0.1], 10)["baseline_steps"] == 20  # nan never reaches
+
+
+def test_seed_mean_curve_and_best_along():
+    curves = np.array([[4.0, 2.0, 1.0, np.nan], [2.0, 1.0, 1.0, 3.0]])
+    mean = metrics.seed_mean_curve(curves)
+    assert mean.tolist() == [3.0, 1.5, 1.0, INF]  # a blow-up is never averaged away
+    assert metrics.best_along([0, 5, 10, 15], mean) == (1.0, 10)
+    assert metrics.best_along([0, 5], [INF, np.nan]) == (INF, None)
+    assert metrics.best_along([0, 5, 10], [2.0, 1.0, 1.0]) == (1.0, 5)  # first step on ties
+
+
+@pytest.mark.parametrize(
+    "ref, floor, atol, counts",
+    [
+        (1.0, 0.0, 0.0, True),  # 50 bands of 2% above 0
+        (1.0, 0.79, 0.0, True),  # (1 - 0.79) / 0.02 = 10.5 bands
+        (1.0, 0.81, 0.0, False),  # 9.5 bands
+        (1e-4, 0.0, 1e-5, False),  # (1e-4) / (2e-6 + 1e-5) = 8.3 bands: at the floor for all practical purposes
+        (1e-3, 0.0, 1e-5, True),  # 1e-3 / 3e-5 = 33 bands
+        (INF, 0.0, 1e-5, True),  # a diverged reference leaves room above the floor
+    ],
+)
+def test_saturation_rule_on_constructed_cases(ref, floor, atol, counts):
+    rule = metrics.counts_for_metric(ref, floor, rtol=0.02, atol=atol, bands=10)
+    assert rule["counts"] is counts
+    if math.isfinite(ref):  # the rule is "ends >= bands tie bands above the floor", band = the tie tolerance
+        assert rule["bands_above_floor"] == pytest.approx((ref - floor) / metrics.tie_band(ref, 0.02, atol))
+        near = ref - metrics.tie_band(ref, 0.02, atol)  # a loss one band below the reference ties with it
+        assert metrics.compare(near * (1 + 1e-9), ref, 0.02, atol) == "tie"
+
+
+def test_saturation_uses_the_reference_baseline_only():
+    from lopt.eval.evaluate import saturation
+
+    suite = parse_suite(_suite(saturation={"reference": "adamw_cosine", "bands": 10}))
+    opts = {  # the learned optimizer's numbers must not matter
+        "learned": {"final_train_loss": 0.0, "best_valid_loss": 0.0},
+        "adam_tuned": {"final_train_loss": 1e-6, "best_valid_loss": 0.5},
+        "adamw_cosine": {"final_train_loss": 0.3, "best_valid_loss": 1e-6},
+    }
+    got = saturation(suite, opts, ["adam_tuned", "adamw_cosine"], floor=0.0, atol=1e-4)
+    assert got["train"]["counts"] and not got["valid"]["counts"]
+    assert got["train"]["reference"] == "adamw_cosine" and "tie bands above the floor" in got["valid"]["why"]
+    fallback = saturation(suite, opts, ["adam_tuned"], floor=0.0, atol=1e-4)  # reference not run: tuned Adam
+    assert fallback["train"]["reference"] == "adam_tuned" and not fallback["train"]["counts"]
+    assert fallback["valid"]["counts"]
+    assert saturation(suite, opts, [], floor=0.0, atol=1e-4)["train"]["counts"]  # nothing to judge by
+
+
+class _FakeRunner:
+    """Returns constructed curves for (lr, seed) pairs: lr 1e-2 trains best, lr 1e-3 validates best."""
+
+    def __call__(self, data, lrs, seeds):
+        from lopt.eval.runs import Curves
+
+        train = {1e-3: [2.0, 1.0, 0.5], 1e-2: [2.0, 0.5, 0.1], 1e-1: [2.0, 0.1, 0.01], 1e-4: [2.0, 1.9, 1.8]}
+        valid = {1e-3: [2.0, 0.9, 1.0], 1e-2: [2.0, 1.0, 1.2], 1e-1: [2.0, 0.5, 0.5], 1e-4: [2.0, 0.9, 0.95]}
+        tr = np.array([train[lr] for lr in lrs])
+        va = np.array([valid[lr] for lr in lrs])
+        tr[[i for i, (lr, s) in enumerate(zip(lrs, seeds)) if lr == 1e-1 and s == -1], 1] = 50.0  # diverges
+        return Curves(np.array([0, 10, 20]), tr, va, None)
+
+
+def test_tuning_picks_the_best_validation_loss_and_skips_diverged_rates():
+    from lopt.eval.tuning import tune_lr, tuning_seeds
+
+    lr, record = tune_lr(_FakeRunner(), None, [1e-4, 1e-3, 1e-2, 1e-1], tuning_seeds(2), 20, divergence_factor=10.0)
+    # 1e-1 validates best but diverged on seed -1; 1e-2 trains best but validates worse; 1e-4 and 1e-3 both
+    # reach 0.9: the first (smallest) rate wins the tie
+    assert record["scores"] == [0.9, 0.9, 1.0, INF]
+    assert lr == 1e-4 and record["chosen_lr"] == 1e-4 and record["seeds"] == [0, -1]
+    lr, _ = tune_lr(_FakeRunner(), None, [1e-3, 1e-2, 1e-1], [0], 20, divergence_factor=10.0)
+    assert lr == 1e-1  # with only seed 0 nothing diverged
+
+
+def test_warmup_cosine_schedule():
+    import jax
+
+    from lopt.eval.baselines import warmup_cosine
+
+    sched = warmup_cosine(0.1, 100)  # 5 warm-up steps, then 95 of cosine
+    values = np.asarray(jax.jit(jax.vmap(sched))(np.arange(101)))
+    np.testing.assert_allclose(values[:5], 0.1 * np.arange(1, 6) / 5, rtol=1e-6)
+    np.testing.assert_allclose(values[5], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(values[100], 0.0, atol=1e-9)
+    np.testing.assert_allclose(values[15], 0.1 * 0.5 * (1 + np.cos(np.pi * 10 / 95)), rtol=1e-5)
+    assert np.all(np.diff(values[5:]) <= 1e-9)  # decays monotonically after the peak
+    traced = jax.jit(lambda lr: warmup_cosine(lr, 100)(5))(0.3)  # the peak may be traced (one program per grid)
+    np.testing.assert_allclose(traced, 0.3, rtol=1e-6)
+
+
+def test_baselines_flag_parsing():
+    from lopt.eval.baselines import BUILTIN, parse_baselines
+
+    assert parse_baselines(None) == BUILTIN == parse_baselines("all")
+    assert parse_baselines("none") == ()
+    assert parse_baselines("prodigy, adam_default") == ("adam_default", "prodigy")  # canonical order
+    with pytest.raises(EvalError, match="unknown baseline 'adam_tunde'.*adam_tuned"):
+        parse_baselines("adam_tunde")
+
+
+def test_saturation_schema_has_defaults_and_checks_keys():
+    suite = parse_suite(_suite())
+    assert (suite.saturation_reference, suite.saturation_bands) == ("adamw_cosine", 10.0)
+    assert suite.to_dict()["saturation"] == {"reference": "adamw_cosine", "bands": 10.0}
+    with pytest.raises(EvalError, match="saturation: unknown key 'band'"):
+        parse_suite(_suite(saturation={"band": 3}))
+    with pytest.raises(EvalError, match="saturation.reference"):
+        parse_suite(_suite(saturation={"reference": "sgd"}))
+    for name in suite_names():  # every shipped suite writes its rule down
+        assert "saturation:" in load_suite_text(name), name
+
+
+def load_suite_text(name: str) -> str:
+    from lopt import configs
+
+    return configs.resolve("eval", name).read_text()
 
 
 def test_win_tie_loss():
@@ -112,21 +239,6 @@ def test_win_tie_loss():
     assert metrics.compare(1.0, INF, 0.02, 0.0) == "win"
     assert metrics.compare(INF, INF, 0.02, 0.0) == "tie"
     assert metrics.count_outcomes(["win", "tie", "win"]) == {"win": 2, "tie": 1, "loss": 0}
-
-
-def test_win_possible_matches_compare_at_zero_loss():
-    """A baseline within the tie tolerance of 0 cannot be beaten; just above it, a = 0 wins."""
-    for b, atol in ((1e-7, 1e-6), (1e-6 / 0.98, 1e-6), (2e-6, 1e-6), (0.5, 0.0), (INF, 1e-6)):
-        assert metrics.win_possible(b, 0.02, atol) == (metrics.compare(0.0, b, 0.02, atol) == "win"), b
-    assert not metrics.win_possible(0.0, 0.02, 0.0)
-
-
-def test_win_possible_with_a_loss_floor_matches_compare_at_the_floor():
-    """Above 0, the best any optimizer can reach is the task's floor: a baseline near it cannot be beaten."""
-    floor, atol = 0.004, 5e-5
-    for b in (0.004, 0.0041, 0.00413, 0.0042, 0.01, INF):
-        assert metrics.win_possible(b, 0.02, atol, floor) == (metrics.compare(floor, b, 0.02, atol) == "win"), b
-    assert metrics.win_possible(0.0041, 0.02, atol) and not metrics.win_possible(0.0041, 0.02, atol, floor)
 
 
 def test_median_and_geometric_mean_skip_missing():

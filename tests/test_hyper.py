@@ -41,10 +41,12 @@ def test_state_has_documented_shapes():
     inner = state.inner
     n_m, n_l, h = 2, 4, 8
     for path, p in jax.tree_util.tree_leaves_with_path(PARAMS):
-        m, v, lstm_h, lstm_c = (_at(inner[k], path) for k in ("m", "v", "lstm_h", "lstm_c"))
-        assert m.shape == (n_m, *p.shape) and v.shape == p.shape
+        v, lstm_h, lstm_c = (_at(inner[k], path) for k in ("v", "lstm_h", "lstm_c"))
+        ms = [_at(m, path) for m in inner["m"]]  # one pytree like params per momentum decay
+        assert len(ms) == n_m and all(m.shape == p.shape and m.dtype == jnp.float32 for m in ms)
+        assert v.shape == p.shape
         assert lstm_h.shape == lstm_c.shape == (h,)
-        assert m.dtype == v.dtype == lstm_h.dtype == jnp.float32
+        assert v.dtype == lstm_h.dtype == jnp.float32
     for k in ("loss_ema", "loss_min", "loss_max"):
         assert inner[k].shape == (n_l,)
     assert OPT.num_tensor_features == META["lstm"]["wx"].shape[0]

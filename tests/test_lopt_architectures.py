@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import chex
 import optax
 import pytest
 
+import lopt
 from lopt import OptimizerError, architectures
 
 KEY = jax.random.PRNGKey(0)
@@ -25,10 +27,13 @@ def grads_at(step):
     return {"w": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
 
 
+NAMES = architectures.names()  # conformance tests cover every registered architecture, new ones included
+
+
 def test_registry_names_and_errors():
-    assert {"mlp", "small_fc", "learned_adam"} <= set(architectures.names())
+    assert {"mlp", "small_fc", "learned_adam", "hyper"} <= set(NAMES)
     assert architectures.get().arch == "small_fc"
-    for name in ("mlp", "small_fc", "learned_adam"):
+    for name in NAMES:
         assert architectures.get(name).arch == name
     with pytest.raises(OptimizerError, match="unknown architecture 'nope'.*small_fc"):
         architectures.get("nope")
@@ -160,7 +165,7 @@ def unroll(arch, mp, params, num_steps):
     return p, s, losses
 
 
-@pytest.mark.parametrize("name", ["small_fc", "mlp", "learned_adam"])
+@pytest.mark.parametrize("name", NAMES)
 def test_jit_vmap_over_meta_params_any_pytree(name):
     arch = get(name)
     mps = jax.vmap(arch.init_meta_params)(jax.random.split(KEY, 2))
@@ -179,7 +184,7 @@ def test_jit_vmap_over_meta_params_any_pytree(name):
     assert np.all(np.asarray(s.skipped) == 0)
 
 
-@pytest.mark.parametrize("name", ["small_fc", "mlp", "learned_adam"])
+@pytest.mark.parametrize("name", NAMES)
 def test_guard_skips_non_finite_steps(name):
     arch = get(name)
     mp = arch.init_meta_params(KEY)
@@ -229,3 +234,44 @@ def test_small_fc_centered_subtracts_the_update_made_without_gradient_informatio
     full, _ = plain.update(mp, state, grads, params, 1.0)
     for c, f, d in zip(jax.tree.leaves(moved), jax.tree.leaves(full), jax.tree.leaves(drift)):
         np.testing.assert_allclose(c, f - d, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_is_per_leaf_and_shaped_like_the_params(name):
+    """Issue 18: accumulators per leaf, never a concatenation of leaves (that would defeat sharding).
+
+    Every parameter has at least one accumulator of exactly its shape, and no
+    state leaf holds more numbers than the largest parameter.
+    """
+    arch = get(name)
+    params = mixed_params()
+    state = jax.eval_shape(lambda p: arch.init(arch.init_meta_params(KEY), p, 10), params)
+    shapes = [tuple(x.shape) for x in jax.tree.leaves(state.inner)]
+    largest = max(int(np.prod(jnp.shape(p))) for p in jax.tree.leaves(params))
+    for p in jax.tree.leaves(params):
+        if jnp.ndim(p):
+            assert tuple(p.shape) in shapes, (p.shape, shapes)
+    assert max(int(np.prod(s)) for s in shapes) <= largest, shapes
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.inner))  # float32 state under bf16 params
+
+
+class OptaxTransformTest(chex.TestCase):
+    """The optax export gives the same numbers with and without ``jit`` (chex.variants), for every architecture."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_update_with_and_without_jit(self):
+        params = tiny_params()
+        for name in NAMES:
+            arch = get(name)
+            tx = lopt.as_optax(arch, arch.init_meta_params(KEY), num_steps=10)
+            update = self.variant(lambda g, s, p: tx.update(g, s, p, value=jnp.asarray(1.5)))
+            state = tx.init(params)
+            got = []
+            for t in range(2):
+                u, state = update(grads_at(t), state, params)
+                got.append(u)
+            reference = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.asarray(1.5)))
+            state = tx.init(params)
+            for t in range(2):
+                want, state = reference(grads_at(t), state, params)
+                chex.assert_trees_all_close(got[t], want, rtol=1e-5, atol=1e-8, custom_message=name)

@@ -131,7 +131,11 @@ def test_checkpoint_from_another_config_is_refused(setup, tmp_path):
         checkpoint.restore_latest(tmp_path, state)
     bad = checkpoint.checkpoint_path(tmp_path, 6)
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+    # a damaged newest file is skipped, but an older one of another config is still refused
+    with pytest.raises(checkpoint.CheckpointError, match="different configuration"):
+        checkpoint.restore_latest(tmp_path, state)
+    checkpoint.checkpoint_path(tmp_path, 5).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint .*corrupted"):
         checkpoint.restore_latest(tmp_path, state)
 
 

@@ -13,12 +13,13 @@ from typing import Any
 from lopt.architectures.hyper import Hyper
 from lopt.architectures.learned_adam import LearnedAdam
 from lopt.architectures.mlp import MLPOpt
+from lopt.architectures.normed_fc import NormedFC
 from lopt.architectures.small_fc import SmallFC
-from lopt.base import LearnedOptimizer, OptimizerError
+from lopt.base import LearnedOptimizer, OptimizerError, check_hparams
 
 DEFAULT = SmallFC.arch
 
-REGISTRY: dict[str, type[LearnedOptimizer]] = {cls.arch: cls for cls in (SmallFC, MLPOpt, LearnedAdam, Hyper)}
+REGISTRY: dict[str, type[LearnedOptimizer]] = {cls.arch: cls for cls in (SmallFC, MLPOpt, LearnedAdam, Hyper, NormedFC)}
 
 
 def names() -> list[str]:
@@ -44,4 +45,5 @@ def get(name: str = DEFAULT, **hparams: Any) -> LearnedOptimizer:
         raise OptimizerError(
             f"architecture {name!r} has no hyperparameter {unknown[0]!r}; valid: {', '.join(sorted(fields))}"
         )
+    check_hparams(cls, hparams)  # a one-line error instead of a TypeError deep inside JAX
     return cls(**{k: _freeze(v) for k, v in hparams.items()})

@@ -54,7 +54,8 @@ min and max (mapped to [-1, 1]); a one-hot of the tensor rank (0, 1, 2, 3, 4+).
 Inner state (``OptState.inner``), all float32; ``M = len(momentum_decays)``,
 ``L = len(loss_ema_decays)``, ``H = lstm_hidden``:
 
-* ``"m"``: pytree like params, leaf shape ``(M, *param.shape)`` -- momenta;
+* ``"m"``: a list of ``M`` pytrees like params, leaves shaped like the
+  parameter -- momenta (so the state carries the parameters' sharding);
 * ``"v"``: pytree like params, leaf shape ``param.shape`` -- second moment;
 * ``"lstm_h"``, ``"lstm_c"``: pytree like params, leaf shape ``(H,)`` -- the
   per-tensor LSTM hidden and cell state;
@@ -71,6 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt import features as ft
 from lopt.base import LearnedOptimizer, MetaParams, OptimizerError, OptState, Params
 
 _NUM_RANKS = 5  # one-hot classes for tensor rank: 0, 1, 2, 3, 4 or more
@@ -200,10 +202,9 @@ class Hyper(LearnedOptimizer):
     def init_inner(self, meta_params: MetaParams, params: Params) -> Any:
         del meta_params
         n_m, n_l, h = len(self.momentum_decays), len(self.loss_ema_decays), self.lstm_hidden
-        shape = lambda p: tuple(jnp.shape(p))  # noqa: E731
         return {
-            "m": jax.tree.map(lambda p: jnp.zeros((n_m, *shape(p)), jnp.float32), params),
-            "v": jax.tree.map(lambda p: jnp.zeros(shape(p), jnp.float32), params),
+            "m": [jax.tree.map(ft.zeros_like_param, params) for _ in range(n_m)],
+            "v": jax.tree.map(ft.zeros_like_param, params),
             "lstm_h": jax.tree.map(lambda _: jnp.zeros((h,), jnp.float32), params),
             "lstm_c": jax.tree.map(lambda _: jnp.zeros((h,), jnp.float32), params),
             "loss_ema": jnp.zeros((n_l,), jnp.float32),
@@ -224,7 +225,7 @@ class Hyper(LearnedOptimizer):
         if not leaves_p:
             return params, {**inner, **loss_stats}
         leaves_g = treedef.flatten_up_to(grads)
-        leaves_m = treedef.flatten_up_to(inner["m"])
+        leaves_m = [list(ms) for ms in zip(*(treedef.flatten_up_to(m) for m in inner["m"]))]
         leaves_v = treedef.flatten_up_to(inner["v"])
         lstm_h = jnp.stack(treedef.flatten_up_to(inner["lstm_h"]))
         lstm_c = jnp.stack(treedef.flatten_up_to(inner["lstm_c"]))
@@ -254,7 +255,7 @@ class Hyper(LearnedOptimizer):
             updates.append(mult * direction * jnp.exp(jnp.clip(self.exp_mult * log_mag, -10.0, 3.0)))
 
         new_inner = {
-            "m": treedef.unflatten([a["m"] for a in acc]),
+            "m": [treedef.unflatten([a["m"][i] for a in acc]) for i in range(len(self.momentum_decays))],
             "v": treedef.unflatten([a["v"] for a in acc]),
             "lstm_h": treedef.unflatten(list(lstm_h)),
             "lstm_c": treedef.unflatten(list(lstm_c)),
@@ -272,21 +273,20 @@ class Hyper(LearnedOptimizer):
         pos = jnp.where(span > 0, 2.0 * (ema - lo) / jnp.where(span > 0, span, 1.0) - 1.0, 0.0)
         return {"loss_ema": ema, "loss_min": lo, "loss_max": hi}, pos
 
-    def _accumulate(self, g, p, m, v, t):
-        nd = p.ndim
-        axes = tuple(range(1, nd + 1))
+    def _accumulate(self, g, p, ms, v, t):
+        """New momenta (a list, one array shaped like ``p`` per decay), features and tensor statistics."""
         decays = jnp.asarray(self.momentum_decays, jnp.float32)
-        d = decays.reshape((-1,) + (1,) * nd)
+        corr = 1.0 - decays ** (t + 1.0)
         g = jnp.clip(g, -self.grad_clip, self.grad_clip)
-        m = d * m + (1.0 - d) * g
+        ms = [decays[i] * m + (1.0 - decays[i]) * g for i, m in enumerate(ms)]
         v = self.rms_decay * v + (1.0 - self.rms_decay) * g * g
-        m_hat = m / (1.0 - decays ** (t + 1.0)).reshape(d.shape)
         v_hat = v / (1.0 - self.rms_decay ** (t + 1.0))
-        adam = m_hat * jax.lax.rsqrt(v_hat + _EPS_V)
+        rs_v = jax.lax.rsqrt(v_hat + _EPS_V)
+        adam = [(m / corr[i]) * rs_v for i, m in enumerate(ms)]
         sqrt_v = jnp.sqrt(v_hat)
 
-        mean_adam = _mean(adam, axes)
-        var_adam = jnp.maximum(_mean(adam * adam, axes) - mean_adam**2, 0.0)
+        mean_adam = jnp.stack([_mean(a) for a in adam])
+        var_adam = jnp.maximum(jnp.stack([_mean(a * a) for a in adam]) - mean_adam**2, 0.0)
         mean_v = _mean(v_hat)
         spread_v = jnp.clip(1.0 - _mean(sqrt_v) ** 2 / (mean_v + _TINY), 0.0, 1.0)
         p_ms = _mean(p * p)
@@ -301,17 +301,16 @@ class Hyper(LearnedOptimizer):
                 ]),
             ]
         )
-        m_ms = _mean(m * m, axes)
         param_feats = [_normalized(g, _mean(g * g)), _normalized(p, p_ms)]
-        param_feats += [_normalized(m[i], m_ms[i]) for i in range(m.shape[0])]
-        param_feats += [adam[i] for i in range(m.shape[0])]
+        param_feats += [_normalized(m, _mean(m * m)) for m in ms]
+        param_feats += adam
         param_feats.append(_normalized(sqrt_v, mean_v))
         return {
-            "m": m,
+            "m": ms,
             "v": v,
             "p_rms": jnp.sqrt(p_ms),
             "tensor_feats": tensor_feats,
-            "rank": _rank_one_hot(nd),
+            "rank": _rank_one_hot(p.ndim),
             "param_feats": param_feats,
         }
 

@@ -54,7 +54,7 @@ class LearnedAdam(LearnedOptimizer):
 
     def init_inner(self, meta_params: Any, params: Any) -> dict[str, Any]:
         del meta_params
-        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+        zeros = ft.zeros_like_param  # shaped and sharded like the parameter
         return {"m": jax.tree.map(zeros, params), "v": jax.tree.map(zeros, params)}
 
     def learning_rate_at(self, meta_params: Any, step: jax.Array, num_steps: jax.Array) -> jax.Array:

@@ -51,9 +51,9 @@ class MLPOpt(LearnedOptimizer):
         }
 
     def init_inner(self, meta_params: Any, params: Any) -> dict[str, Any]:
+        """``m``: one pytree like ``params`` per decay (so state shards like the parameters)."""
         del meta_params
-        n = len(self.decays)
-        return {"m": jax.tree.map(lambda p: jnp.zeros((n, *jnp.shape(p)), jnp.float32), params)}
+        return {"m": [jax.tree.map(ft.zeros_like_param, params) for _ in self.decays]}
 
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
         del loss
@@ -62,17 +62,17 @@ class MLPOpt(LearnedOptimizer):
         times = ft.time_features(state.step, state.num_steps, self.timescales)
         bias1 = mp["layer1"]["b"] + times @ mp["layer1"]["w_time"]
         lr = self.step_scale * jnp.exp(mp["log_lr"])
+        k = len(self.decays)
 
-        def leaf(g, p, m):
-            d = decays.reshape((-1,) + (1,) * g.ndim)
-            m = d * m + (1.0 - d) * g[None]
-            raw = [g, p, *(m[i] for i in range(len(self.decays)))]
+        def leaf(g, p, *ms):
+            ms = [decays[i] * m + (1.0 - decays[i]) * g for i, m in enumerate(ms)]
+            raw = [g, p, *ms]
             x = jnp.stack([ft.tensor_normalize(f) for f in raw], axis=-1)
             h = jax.nn.relu(ft.dense_matmul(x, mp["layer1"]["w"], bias1))
             h = jax.nn.relu(ft.dense_matmul(h, mp["layer2"]["w"], mp["layer2"]["b"]))
             out = ft.dense_matmul(h, mp["out"]["w"], mp["out"]["b"])
             direction, magnitude = out[..., 0], out[..., 1]
-            return direction * jnp.exp(magnitude * self.exp_scale) * lr, m
+            return direction * jnp.exp(magnitude * self.exp_scale) * lr, *ms
 
-        updates, m = ft.map_unzip(leaf, 2, grads, params, state.inner["m"])
-        return updates, {"m": m}
+        updates, *ms = ft.map_unzip(leaf, 1 + k, grads, params, *state.inner["m"])
+        return updates, {"m": list(ms)}

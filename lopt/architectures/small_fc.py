@@ -1,7 +1,7 @@
 """``small_fc``, the default: a tiny per-parameter MLP on Adafactor-style features.
 
 The state holds three momenta and one RMS second moment per parameter (four
-float32 numbers, twice Adam's two), stored flat over the whole pytree, plus,
+float32 numbers, twice Adam's two), each shaped like its parameter, plus,
 for tensors of rank >= 2, Adafactor's row and column second moments (a few
 numbers per row and column; the last two dimensions are the matrix). From
 them each parameter gets nine features:
@@ -52,10 +52,10 @@ close to Adafactor with momentum at learning rate 1e-3: meta-training starts
 from an optimizer that already trains, instead of from a random walk.
 
 Speed: the per-parameter network is written with :func:`dense_elementwise`
-(scalar weights times whole arrays) on the flat concatenation of all
-parameters, so XLA fuses features, network and update into ONE loop over all
-parameters with one finiteness reduction; see :mod:`lopt.features` and
-``init_inner``.
+(scalar weights times whole arrays), leaf by leaf, so XLA fuses features,
+network and update into one loop per parameter tensor that reads each
+accumulator once; the state stays shaped (and sharded) like the parameters.
+See :mod:`lopt.features` and BENCHMARKS.md for what it costs against Adam.
 """
 
 from __future__ import annotations
@@ -130,44 +130,47 @@ class SmallFC(LearnedOptimizer):
 
     # ---------------------------------------------------------------- state
     def init_inner(self, meta_params: Any, params: Any) -> dict[str, Any]:
-        """Flat accumulators: ``m`` is ``(k, N)``, ``v`` is ``(N,)`` for N parameters.
+        """Accumulators shaped like the parameters, leaf by leaf.
 
-        Why flat: the whole update then runs as one fused loop over all
-        parameters, with one finiteness reduction and one masked write per
-        accumulator, instead of one of each per tensor (on small models the
-        per-tensor kernel count, not arithmetic, dominates the step time).
-        ``factored`` keeps, per leaf (in ``jax.tree.leaves`` order), the row and
-        column moments of tensors of rank >= 2 and an empty dict otherwise.
+        ``m`` is a list of ``len(momentum_decays)`` pytrees like ``params``,
+        ``v`` one pytree like ``params``; ``factored`` holds, per leaf of rank
+        >= 2, Adafactor's row and column moments (the last two dimensions are
+        the matrix) and an empty dict for other leaves. Why per leaf: each
+        accumulator then carries its parameter's sharding (an FSDP-sharded
+        model keeps a sharded state and its step needs no gather), and memory
+        follows the shard, not the model; the update of one leaf is still one
+        fused loop (see ``_leaf_update``).
         """
         del meta_params
-        leaves = jax.tree.leaves(params)
-        n = sum(int(jnp.size(p)) for p in leaves)
+        zeros = ft.zeros_like_param
 
-        def factored(p: jax.Array) -> dict[str, jax.Array]:
+        def factored(p: Any) -> dict[str, jax.Array]:
             shape = jnp.shape(p)
             if len(shape) < 2:
                 return {}
             return {
-                "row": jnp.zeros(shape[:-1], jnp.float32),
-                "col": jnp.zeros((*shape[:-2], shape[-1]), jnp.float32),
+                "row": ft.zeros_like_param(p, axis=-1),
+                "col": ft.zeros_like_param(p, axis=-2),
             }
 
         return {
-            "m": jnp.zeros((len(self.momentum_decays), n), jnp.float32),
-            "v": jnp.zeros((n,), jnp.float32),
-            "factored": [factored(p) for p in leaves],
+            "m": [jax.tree.map(zeros, params) for _ in self.momentum_decays],
+            "v": jax.tree.map(zeros, params),
+            "factored": jax.tree.map(factored, params),
             "loss_mean": jnp.zeros((), jnp.float32),
         }
 
     # ---------------------------------------------------------------- update
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
-        updates, inner, _ = self._flat_update(meta_params, state, grads, params, loss, scaled=False)
+        ones = jax.tree.map(lambda _: 1.0, grads)
+        updates, inner, _ = self._update(meta_params, state._replace(scales=ones), grads, params, loss)
         return updates, inner
 
     def checked_update(self, meta_params, state: OptState, grads, params, loss):
-        return self._flat_update(meta_params, state, grads, params, loss, scaled=True)
+        return self._update(meta_params, state, grads, params, loss)
 
-    def _flat_update(self, meta_params, state: OptState, grads, params, loss, scaled: bool):
+    def _update(self, meta_params, state: OptState, grads, params, loss):
+        """Scaled updates, new accumulators and "every update finite", leaf by leaf."""
         mp = meta_params
         k = len(self.momentum_decays)
         beta_m = jax.nn.sigmoid(mp["decays"]["momentum_logits"])
@@ -187,48 +190,56 @@ class SmallFC(LearnedOptimizer):
             [ft.time_features(state.step, state.num_steps, self.timescales), loss_feat[None]]
         )
         bias1 = mp["layer1"]["b"] + scalars @ mp["layer1"]["w_scalar"]
-
-        g_leaves, treedef = jax.tree.flatten(grads)
-        p_leaves = treedef.flatten_up_to(params)
-        shapes = [jnp.shape(x) for x in g_leaves]
-        sizes = [int(jnp.size(x)) for x in g_leaves]
-        g = jnp.concatenate([x.reshape(-1) for x in g_leaves]) if g_leaves else jnp.zeros((0,), jnp.float32)
-        p = jnp.concatenate([x.reshape(-1) for x in p_leaves]) if p_leaves else jnp.zeros((0,), jnp.float32)
-        g2 = jnp.square(g) + ft.TINY
-        m = ft.ema(state.inner["m"], g[None, :], beta_m[:, None])
-        v = ft.ema(state.inner["v"], g2, beta_v)
-
-        # Factored second moment per tensor of rank >= 2; the full one elsewhere.
-        new_factored, v_f_parts, offset = [], [], 0
-        for shape, size, x, fac in zip(shapes, sizes, g_leaves, state.inner["factored"]):
-            if len(shape) >= 2:
-                row, col, v_f = ft.factored_second_moment(fac["row"], fac["col"], jnp.square(x) + ft.TINY, beta_f)
-                new_factored.append({"row": row, "col": col})
-                v_f_parts.append(v_f.reshape(-1) * corr_f)
-            else:
-                new_factored.append({})
-                v_f_parts.append(v[offset : offset + size] * corr_v)
-            offset += size
-        # A concatenation fused into the network's loop costs a branch per
-        # element and breaks vectorization (measured: 2.7x Adam's step time
-        # instead of 1.6x), so the flat factored moment is written out first.
-        v_f = ft.materialize(jnp.concatenate(v_f_parts)) if v_f_parts else jnp.zeros((0,), jnp.float32)
-
-        rs_v = jax.lax.rsqrt(v * corr_v + self.eps)
-        rs_f = jax.lax.rsqrt(v_f + self.eps)
-        mh = [m[i] * corr_m[i] for i in range(k)]
-        feats = [g * rs_v, *(x * rs_v for x in mh), g * rs_f, *(x * rs_f for x in mh), p]
-        direction, magnitude = _network(mp, feats, bias1, first=0)
         log_lr = mp["log_lr"]
         if self.learned_schedule:
             frac = jnp.clip(scalars[0], 0.0, 1.0)  # past the planned horizon: stay at the end value
             sched = jnp.concatenate([scalars, jnp.log(1.0 - frac + SCHEDULE_FLOOR)[None]])
             log_lr = log_lr + sched @ mp["schedule"]
         lr = self.step_scale * jnp.exp(log_lr)
-        scale = 1.0
-        if scaled:  # per-leaf muP scales, broadcast to the flat layout
-            s_leaves = treedef.flatten_up_to(state.scales)
-            scale = jnp.concatenate([jnp.broadcast_to(s, (n,)) for s, n in zip(s_leaves, sizes)]) if sizes else 1.0
+        coef = dict(beta_m=beta_m, beta_v=beta_v, beta_f=beta_f, corr_m=corr_m, corr_v=corr_v, corr_f=corr_f,
+                    bias1=bias1, lr=lr)
+
+        g_leaves, treedef = jax.tree.flatten(grads)
+        p_leaves = treedef.flatten_up_to(params)
+        s_leaves = treedef.flatten_up_to(state.scales)
+        m_leaves = [treedef.flatten_up_to(m) for m in state.inner["m"]]
+        v_leaves = treedef.flatten_up_to(state.inner["v"])
+        f_leaves = treedef.flatten_up_to(state.inner["factored"])
+        results = [
+            self._leaf_update(mp, coef, g, p, s, [m[i] for m in m_leaves], v, f)
+            for i, (g, p, s, v, f) in enumerate(zip(g_leaves, p_leaves, s_leaves, v_leaves, f_leaves))
+        ]
+        unflat = lambda j: treedef.unflatten([r[j] for r in results])  # noqa: E731
+        inner = {
+            "m": [treedef.unflatten([r[1][i] for r in results]) for i in range(k)],
+            "v": unflat(2),
+            "factored": unflat(3),
+            "loss_mean": new_loss_mean,
+        }
+        ok = jnp.all(jnp.stack([r[4] for r in results])) if results else jnp.asarray(True)
+        return unflat(0), inner, ok
+
+    def _leaf_update(self, mp, c, g, p, scale, ms, v, fac):
+        """One leaf: accumulators, nine features, network and update in one fused loop.
+
+        Everything is elementwise on arrays shaped like the parameter (the
+        factored moment broadcasts a row and a column vector), so XLA emits one
+        loop that reads each accumulator once and writes it once.
+        """
+        g2 = jnp.square(g) + ft.TINY
+        ms = [ft.ema(m, g, c["beta_m"][i]) for i, m in enumerate(ms)]
+        v = ft.ema(v, g2, c["beta_v"])
+        if g.ndim >= 2:
+            row, col, v_f = ft.factored_second_moment(fac["row"], fac["col"], g2, c["beta_f"])
+            fac = {"row": row, "col": col}
+            v_f = v_f * c["corr_f"]
+        else:
+            v_f = v * c["corr_v"]
+        rs_v = jax.lax.rsqrt(v * c["corr_v"] + self.eps)
+        rs_f = jax.lax.rsqrt(v_f + self.eps)
+        mh = [m * c["corr_m"][i] for i, m in enumerate(ms)]
+        feats = [g * rs_v, *(x * rs_v for x in mh), g * rs_f, *(x * rs_f for x in mh), p]
+        lr = c["lr"]
 
         def step(d: jax.Array, mag: jax.Array) -> jax.Array:
             # Written as a division so the result is one "expensive" fused op: XLA
@@ -236,17 +247,10 @@ class SmallFC(LearnedOptimizer):
             # each consumer (the finiteness check, the masked parameter update).
             return d * scale / (jnp.exp(-mag * self.exp_scale) / lr)
 
-        update = step(direction, magnitude)
+        update = step(*_network(mp, feats, c["bias1"], first=0))
         if self.centered:  # minus the update the same network makes with no gradient information
-            update = update - step(*_network(mp, [p], bias1, first=NUM_FEATURES - 1))
-        ok = jnp.all(jnp.isfinite(update))
-
-        out, offset = [], 0
-        for shape, size in zip(shapes, sizes):
-            out.append(update[offset : offset + size].reshape(shape))
-            offset += size
-        inner = {"m": m, "v": v, "factored": new_factored, "loss_mean": new_loss_mean}
-        return treedef.unflatten(out), inner, ok
+            update = update - step(*_network(mp, [p], c["bias1"], first=NUM_FEATURES - 1))
+        return update, ms, v, fac, jnp.all(jnp.isfinite(update))
 
 
 def _network(mp: dict, feats: list, bias1: jax.Array, first: int) -> tuple[jax.Array, jax.Array]:

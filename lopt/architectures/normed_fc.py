@@ -1,0 +1,195 @@
+"""``normed_fc``: an AdamW prior plus a small learned correction, normalized per tensor.
+
+Why this shape (issue 14). ``small_fc`` learned its *step size* on digits MLPs
+and carried it to transformers and residual nets, where it overshoots or
+overfits; multiplying its updates by a fixed 0.1-0.3 fixed most of that. So
+here the step size is not something the per-parameter network can set freely:
+
+* The **direction** is Adam's, ``a = m_hat / (sqrt(v_hat) + eps)``, plus the
+  output of a tiny per-parameter MLP on scale-free features (the gradient and
+  three momenta divided by ``sqrt(v_hat)``). The MLP is *centered*: its output
+  at all-zero features is subtracted, so a parameter whose gradients are all
+  zero never moves (no drift, unlike an uncentered network).
+* The **magnitude** of every tensor's update is set by normalization, as in
+  Celo (arXiv 2501.12670): the direction ``d`` is divided by its own RMS over
+  the tensor and multiplied by ``lr_t * rms(a) * exp(c)``. With the network at
+  zero this is exactly Adam's update, ``lr_t * a``. ``c`` is a learned linear
+  function of per-tensor and per-step features (time, loss change,
+  ``log rms(a)``, ``log rms(p)``), squashed into ``[-4.6, +2.3]`` so a trained
+  optimizer can take at most 10x and at least 1/100 of the prior's step. A
+  weight of -1 on ``log rms(a)`` turns the rule into Celo's fully normalized
+  update; 0 keeps Adam's own noise-adaptive magnitude.
+* The **schedule** ``lr_t`` is a fixed prior that follows the planned horizon
+  ``num_steps``: linear warm-up over ``warmup_fraction`` of the run, then
+  cosine decay to ``final_lr_fraction``; the learned ``c`` bends it.
+* **Decoupled weight decay** ``lr_t * exp(log_wd) * p`` with a learned rate,
+  as in AdamW.
+
+So a *fresh* ``normed_fc`` (output layer and step weights at zero) is AdamW
+with warm-up + cosine at ``learning_rate`` (1e-3 by default), update for
+update; meta-training starts from a rule that is already never much worse
+than Adam and only has to improve it. Accumulators are per leaf and shaped
+like each parameter (three momenta and one second moment: 4 floats per
+parameter, Adam has 2).
+
+Speed: the per-parameter network is written with
+:func:`lopt.features.dense_elementwise`, so XLA fuses features, network and
+update into a few loops per tensor (two reductions per tensor: ``rms(a)`` and
+``rms(d)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from lopt import features as ft
+from lopt.base import LearnedOptimizer, OptimizerError, OptState
+
+LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
+STEP_LOW, STEP_HIGH = math.log(0.01), math.log(10.0)  # bounds of the learned log step multiplier
+PARAM_RMS_FLOOR = 1e-3  # log rms(p) feature uses max(rms(p), this)
+TINY_RMS = 1e-30  # added to mean squares before a division / log
+
+
+def _bounded(x: jax.Array) -> jax.Array:
+    """Smooth clip of the learned log step multiplier into [STEP_LOW, STEP_HIGH] (slope 1 at 0)."""
+    return jnp.where(x > 0, STEP_HIGH * jnp.tanh(x / STEP_HIGH), -STEP_LOW * jnp.tanh(x / -STEP_LOW))
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x)) + TINY_RMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormedFC(LearnedOptimizer):
+    """AdamW-cosine prior + centered per-parameter MLP, per-tensor normalized step."""
+
+    arch: ClassVar[str] = "normed_fc"
+
+    hidden: int = 4
+    momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)  # the first is Adam's beta1
+    second_moment_decay: float = 0.999
+    eps: float = 1e-8  # Adam's epsilon (outside the square root)
+    learning_rate: float = 3e-3  # peak of the prior schedule
+    warmup_fraction: float = 0.05
+    final_lr_fraction: float = 0.0
+    weight_decay: float = 1e-4  # initial decoupled weight decay (learned in log space)
+    timescales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
+
+    def __post_init__(self) -> None:
+        if not self.momentum_decays:
+            raise OptimizerError("normed_fc: momentum_decays needs at least one decay (the first is Adam's beta1)")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise OptimizerError(f"normed_fc: warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not self.learning_rate > 0 or not self.weight_decay > 0:
+            raise OptimizerError("normed_fc: learning_rate and weight_decay must be > 0")
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def num_features(self) -> int:
+        return 1 + len(self.momentum_decays)  # gradient and momenta, each over sqrt(v_hat)
+
+    @property
+    def num_step_features(self) -> int:
+        return 1 + len(self.timescales) + 1  # fraction done, clocks, loss change
+
+    @property
+    def num_tensor_features(self) -> int:
+        return self.num_step_features + 2  # ... and log rms(a), log rms(p)
+
+    # ---------------------------------------------------------------- meta-params
+    def init_meta_params(self, key: jax.Array) -> dict[str, Any]:
+        k1, k2, k3 = jax.random.split(key, 3)
+        h = self.hidden
+        return {
+            "decays": {
+                "momentum_logits": jnp.asarray([ft.logit(d) for d in self.momentum_decays], jnp.float32),
+                "second_moment_logit": jnp.asarray(ft.logit(self.second_moment_decay), jnp.float32),
+            },
+            "layer1": {
+                "w": ft.glorot(k1, self.num_features, h),
+                "w_tensor": ft.glorot(k2, self.num_tensor_features, h),
+                "b": jnp.zeros((h,), jnp.float32),
+            },
+            "layer2": {"w": ft.glorot(k3, h, h), "b": jnp.zeros((h,), jnp.float32)},
+            # Zero output layer: a fresh optimizer is exactly the AdamW prior.
+            "out": jnp.zeros((h,), jnp.float32),
+            "step": {"w": jnp.zeros((self.num_tensor_features,), jnp.float32), "b": jnp.zeros((), jnp.float32)},
+            "log_wd": jnp.asarray(math.log(self.weight_decay), jnp.float32),
+        }
+
+    def init_inner(self, meta_params: Any, params: Any) -> dict[str, Any]:
+        del meta_params
+        zeros = ft.zeros_like_param  # shaped and sharded like the parameter (issue 18)
+        return {
+            "m": tuple(jax.tree.map(zeros, params) for _ in self.momentum_decays),
+            "v": jax.tree.map(zeros, params),
+            "loss_mean": jnp.zeros((), jnp.float32),
+        }
+
+    # ---------------------------------------------------------------- schedule
+    def prior_lr(self, step: jax.Array, num_steps: jax.Array) -> jax.Array:
+        """Learning rate of the ``step + 1``-th update under the prior (warm-up, then cosine)."""
+        n = jnp.maximum(num_steps.astype(jnp.float32), 1.0)
+        t = step.astype(jnp.float32)
+        warm = jnp.maximum(jnp.round(self.warmup_fraction * n), 1.0)
+        warmup = jnp.minimum(1.0, (t + 1.0) / warm)
+        frac = jnp.clip((t + 1.0 - warm) / (jnp.maximum(n - warm, 0.0) + 1.0), 0.0, 1.0)
+        f = self.final_lr_fraction
+        cosine = f + (1.0 - f) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return self.learning_rate * warmup * cosine
+
+    # ---------------------------------------------------------------- update
+    def compute_update(self, meta_params, state: OptState, grads, params, loss):
+        mp = meta_params
+        k = len(self.momentum_decays)
+        beta_m = jax.nn.sigmoid(mp["decays"]["momentum_logits"])
+        beta_v = jax.nn.sigmoid(mp["decays"]["second_moment_logit"])
+        corr_m = ft.bias_correction(beta_m, state.step)
+        corr_v = ft.bias_correction(beta_v, state.step)
+
+        # Loss feature: relative change of the loss against its running mean (0 without a loss).
+        loss_mean = jnp.where(state.step == 0, loss, state.inner["loss_mean"])
+        rel = (loss - loss_mean) / (jnp.abs(loss_mean) + 1e-8)
+        loss_feat = jnp.tanh(jnp.where(loss_mean == 0.0, 0.0, rel))
+        step_feats = jnp.concatenate([ft.time_features(state.step, state.num_steps, self.timescales), loss_feat[None]])
+        lr_t = self.prior_lr(state.step, state.num_steps)
+        wd = jnp.exp(mp["log_wd"])
+        w1 = mp["layer1"]["w"]
+        w_tensor = mp["layer1"]["w_tensor"]
+        n_step = self.num_step_features
+        bias_step = mp["layer1"]["b"] + step_feats @ w_tensor[:n_step]
+        log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
+
+        def leaf(g, p, v, *ms):
+            ms = [ft.ema(m, g, beta_m[i]) for i, m in enumerate(ms)]
+            v = ft.ema(v, jnp.square(g), beta_v)
+            v_hat = v * corr_v
+            a = ms[0] * corr_m[0] / (jnp.sqrt(v_hat) + self.eps)  # Adam's direction
+            rms_a = _rms(a)
+            rs = jax.lax.rsqrt(v_hat + ft.TINY)
+            feats = [g * rs, *(ms[i] * corr_m[i] * rs for i in range(k))]
+            tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(_rms(p), PARAM_RMS_FLOOR))])
+            bias1 = bias_step + tensor @ w_tensor[n_step:]
+            h1 = [jax.nn.relu(x) for x in ft.dense_elementwise(feats, w1, bias1)]
+            h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
+            net = sum(mp["out"][j] * x for j, x in enumerate(h2))
+            # The same network with every per-parameter feature at zero (a scalar): centering.
+            h1_0 = jax.nn.relu(bias1)
+            h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
+            d = ft.materialize(a + (net - h2_0 @ mp["out"]))
+            log_mult = _bounded(log_step_time + tensor @ mp["step"]["w"][n_step:])
+            scale = lr_t * jnp.exp(log_mult) * rms_a / _rms(d)
+            update = -(scale * d) - lr_t * wd * p
+            return (update, v, *ms)
+
+        v_leaves = state.inner["v"]
+        out = ft.map_unzip(leaf, 2 + k, grads, params, v_leaves, *state.inner["m"])
+        updates, v, ms = out[0], out[1], tuple(out[2:])
+        new_loss_mean = ft.ema(loss_mean, loss, LOSS_DECAY)
+        return updates, {"m": ms, "v": v, "loss_mean": new_loss_mean}

@@ -1,0 +1,104 @@
+"""Options of ``lopt diagnose`` and its ``--sweep`` keys (light: the CLI parser imports this).
+
+Sweeps may only change how the objective is *estimated* (truncation length,
+stagger, perturbation std, sign-ES, non-finite handling): a key that changes
+the objective itself (episode lengths, meta-loss, tasks) would need a
+different reference, so it is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+
+def _error(message: str) -> Exception:
+    """A ConfigError (imported late: it pulls in jax, and this module must stay light)."""
+    from lopt.metatrain.config import ConfigError
+
+    return ConfigError(message)
+
+
+KINDS = ("es", "pes", "full_es", "backprop")  # the keys of lopt.metatrain.estimators.ESTIMATORS (tested)
+
+# sweep key -> (where it lives, field, type); aliases share an entry
+SWEEP_KEYS: dict[str, tuple[str, str, type]] = {
+    "truncation_length": ("unroller", "truncation_length", int),
+    "unroll.truncation_length": ("unroller", "truncation_length", int),
+    "unroll.stagger": ("unroller", "stagger", bool),
+    "std": ("settings", "std", float),
+    "estimator.std": ("settings", "std", float),
+    "estimator.sign": ("settings", "sign", bool),
+    "estimator.nonfinite": ("settings", "nonfinite", str),
+}
+# which estimators a swept field applies to
+_APPLIES = {
+    "truncation_length": ("pes", "es", "backprop"),
+    "stagger": ("pes", "es", "backprop"),
+    "std": ("pes", "es", "full_es"),
+    "sign": ("full_es",),
+    "nonfinite": ("pes", "es", "full_es", "backprop"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnoseOptions:
+    """How much to sample. Defaults fit a 2-core CPU in ~5 minutes on the shipped configs."""
+
+    estimators: tuple[str, ...] = ("pes", "es", "full_es", "backprop")
+    target_cosine: float = 0.5
+    samples: int = 24  # consecutive estimates per chain (pes, es, backprop), after the burn-in
+    chains: int = 2
+    full_es_samples: int = 6
+    reference: str = "auto"  # auto | backprop | es
+    reference_samples: int = 4  # exact full-episode gradients (each over all the config's tasks)
+    reference_es_samples: int = 64  # antithetic pairs when the reference is ES
+    max_memory_gb: float = 0.0  # backprop reference budget; 0 = half the available memory
+    chunk: int = 0  # steps per checkpointed chunk of the reference; 0 = ~sqrt(episode)
+    seed: int = 0
+    sweeps: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    sweep_estimators: tuple[str, ...] = ()  # estimators the sweeps measure; () = all of ``estimators``
+
+    def __post_init__(self) -> None:
+        bad = [e for e in self.estimators + self.sweep_estimators if e not in KINDS]
+        if bad or not self.estimators:
+            raise _error(f"--estimators: unknown {bad[0] if bad else '(none)'!r}; valid: {', '.join(KINDS)}")
+        if self.reference not in ("auto", "backprop", "es"):
+            raise _error(f"--reference {self.reference!r}; valid: auto, backprop, es")
+        if not 0.0 < self.target_cosine < 1.0:
+            raise _error(f"--target-cosine must be in (0, 1), got {self.target_cosine}")
+        for name in ("samples", "chains", "full_es_samples", "reference_samples", "reference_es_samples"):
+            least = 1 if name == "chains" else 2
+            if getattr(self, name) < least:
+                raise _error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
+
+
+def parse_sweep(item: str) -> tuple[str, tuple[Any, ...]]:
+    """``key=v1,v2,...`` -> (key, typed values); a clear ConfigError otherwise."""
+    import yaml
+
+    if "=" not in item:
+        raise _error(f"--sweep {item!r} is not key=v1,v2,...")
+    key, text = (x.strip() for x in item.split("=", 1))
+    if key not in SWEEP_KEYS:
+        raise _error(
+            f"--sweep {key!r} cannot be swept (it would change the meta-objective or is unknown); "
+            f"valid: {', '.join(SWEEP_KEYS)}"
+        )
+    _, field, tp = SWEEP_KEYS[key]
+    values = []
+    for raw in text.split(","):
+        v = yaml.safe_load(raw.strip()) if raw.strip() else None  # same parsing as --set
+        if tp is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, tp) or isinstance(v, bool) != (tp is bool):
+            raise _error(f"--sweep {key}: {raw.strip()!r} is not a valid {tp.__name__}")
+        if field in ("truncation_length", "std") and not v > 0:
+            raise _error(f"--sweep {key}: values must be > 0, got {v}")
+        values.append(v)
+    if not values:
+        raise _error(f"--sweep {key}: no values")
+    return key, tuple(values)
+
+

@@ -1,0 +1,173 @@
+"""Writes what ``lopt diagnose`` measured: ``diagnose.json``, ``diagnose.md`` and PNG plots.
+
+The JSON holds every number (non-finite ones, e.g. "never reaches the target
+cosine", as ``null``); the markdown is the one-minute read: which estimator
+gives the most signal per second on this config and machine, and the sweeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        return _jsonable(x.item())
+    return x
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+
+
+def _num(x: Any, fmt: str = "{:.3g}") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "never"
+    return fmt.format(x)
+
+
+def _table(rows: list[dict], target: float, first: str = "estimator") -> list[str]:
+    head = (
+        f"| {first} | trunc | std | bias cosine [90% CI] | rel. error | per-sample var | autocorr | "
+        f"samples to cos {target:g} | s / estimate | inner steps / estimate | **s to cos {target:g}** |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        name = r["estimator"] if first == "estimator" else f"{r['estimator']} @ {r['value']}"
+        if "error" in r:
+            lines.append(f"| {name} | {r['truncation_length']} | | {r['error']} |" + " |" * 7)
+            continue
+        lo, hi = r["cosine_ci90"]
+        lines.append(
+            f"| {name} | {r['truncation_length']} | {_num(r['std'], '{:g}') if r['std'] is not None else '-'} | "
+            f"{r['cosine']:.2f} [{lo:.2f}, {hi:.2f}] | {r['rel_error']:.2f} | {r['variance']:.3g} | "
+            f"{r['autocorr_time']:.1f} | {_num(r['samples_to_target'])} | {r['seconds_per_estimate']:.3g} | "
+            f"{r['inner_steps_per_estimate']:,} | **{_num(r['seconds_to_target'])}** |"
+        )
+    return lines
+
+
+def markdown(result: dict) -> str:
+    opt, ref, obj, mach = result["options"], result["reference"], result["objective"], result["machine"]
+    target = opt["target_cosine"]
+    ep = obj["episode"]
+    episode = (f"{ep['length']} steps" if ep["kind"] == "constant"
+               else f"log-uniform {ep['min_length']}-{ep['max_length']} steps")
+    out = [
+        f"# lopt diagnose: {result['config_name'] or 'config'}",
+        "",
+        f"Meta-parameters: {result['meta_params_source']} ({result['num_meta_params']:,} numbers). "
+        f"Objective: full episodes ({episode}, mean {obj['expected_episode_length']:.0f}), "
+        f"meta-loss `{obj['meta_loss']}`/`{obj['loss_transform']}`, {obj['num_tasks']} tasks per estimate.",
+        f"Machine: {mach['cpu_count']} CPUs, load average {mach['load_average_1_5_15']}, jax {mach['jax']}, "
+        f"{mach['date_utc']} UTC; {result['wall_seconds']:.0f} s in all.",
+        "",
+        f"Reference: full-episode **{ref['method']}** ({ref['samples']} samples, "
+        f"{ref['seconds_per_sample']:.2f} s each){'; ' + ref['fallback_reason'] if ref['fallback_reason'] else ''}: "
+        f"expected cosine with the true gradient {ref['expected_cosine_to_truth']:.3f}"
+        + (f", split-half cosine {ref['split_half_cosine']:.3f}" if "split_half_cosine" in ref else "")
+        + ".",
+        "",
+    ]
+    rank = result["ranking"]
+    if rank:
+        best = rank[0]
+        if best["seconds_to_target"] is not None and math.isfinite(best["seconds_to_target"]):
+            out.append(
+                f"**Most signal per second here: `{best['estimator']}`** "
+                f"({_num(best['seconds_to_target'])} s of estimates to reach cosine {target:g} with the full-episode gradient). "
+                "Ranking: " + ", ".join(f"`{r['estimator']}` ({_num(r['seconds_to_target'])} s)" for r in rank) + "."
+            )
+        else:
+            out.append(f"No estimator reaches cosine {target:g} at these settings (bias or too few samples to tell).")
+        out.append("")
+    out += _table(result["results"], target)
+    out += [
+        "",
+        "Bias cosine: of the estimator's mean with the reference (noise-corrected; 1 = unbiased). "
+        f"Samples to cos {target:g}: independent estimates whose mean reaches it; consecutive meta-steps of a "
+        "stateful estimator need `autocorr` times more. s to cos: samples x seconds per estimate (cost of one unit of signal).",
+    ]
+    notes = [r["note"] for r in result["results"] if r.get("note")]
+    out += [f"Note: {n}." for n in dict.fromkeys(notes)]
+    sweeps = result["sweeps"]
+    for key in dict.fromkeys(r["sweep"] for r in sweeps):
+        rows = [r for r in sweeps if r["sweep"] == key]
+        out += ["", f"## Sweep `{key}`", ""] + _table(rows, target, first="estimator @ value")
+    for field in ("truncation_length", "std"):
+        best = result.get(f"best_{field}")
+        if best:
+            out += ["", f"Best {field.replace('_', ' ')}: " + ", ".join(
+                f"`{k}` {v['value']} ({_num(v['seconds_to_target'])} s)" for k, v in best.items()) + "."]
+    return "\n".join(out) + "\n"
+
+
+def plots(result: dict, out_dir: Path) -> list[Path]:
+    """cosine_vs_samples.png, and signal_cost_vs_<field>.png for each sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = result["options"]["target_cosine"]
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(result["results"]):
+        if "curve_n" not in r:
+            continue
+        color = f"C{i}"
+        ax.plot(r["curve_n"], r["curve_expected"], color=color, label=f"{r['estimator']} (expected)")
+        ax.plot(r["curve_n"], r["curve_empirical"], "o", color=color, ms=4, label=f"{r['estimator']} (measured)")
+    ax.axhline(target, color="gray", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("estimates averaged")
+    ax.set_ylabel("cosine with full-episode gradient")
+    ax.set_ylim(-0.2, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title(f"lopt diagnose: {result['config_name']}", fontsize=9)
+    fig.tight_layout()
+    path = out_dir / "cosine_vs_samples.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    sweeps = result["sweeps"]
+    for key in dict.fromkeys(r["sweep"] for r in sweeps):
+        rows = [r for r in sweeps if r["sweep"] == key and "error" not in r]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, est in enumerate(dict.fromkeys(r["estimator"] for r in rows)):
+            pts = [(r["value"], r["seconds_to_target"]) for r in rows if r["estimator"] == est]
+            xs = [float(x) for x, y in pts if math.isfinite(y)]
+            ys = [y for x, y in pts if math.isfinite(y)]
+            ax.plot(xs, ys, "o-", color=f"C{i}", label=est)
+            never = [float(x) for x, y in pts if not math.isfinite(y)]
+            if never:
+                ax.plot(never, [max(ys or [1.0]) * 3] * len(never), "x", color=f"C{i}", label=f"{est}: never")
+        if all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool) for r in rows):
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"seconds of estimates to cosine {target:g}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"signal_cost_vs_{key.split('.')[-1]}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_all(result: dict, out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "diagnose.json")
+    (out / "diagnose.md").write_text(markdown(result))
+    return [out / "diagnose.json", out / "diagnose.md"] + plots(result, out)

@@ -1,0 +1,284 @@
+"""``lopt diagnose`` from a config: which estimator gives the most signal per second here.
+
+:func:`diagnose` builds the config's unroller and meta-parameters (fresh, the
+config's ``optimizer.init_from``, or a run's newest checkpoint), samples the
+reference gradient of the full-episode objective
+(:mod:`lopt.metatrain.diagnose_core`), then every requested estimator at the
+config's settings and at each value of each ``--sweep`` (one factor at a time:
+the other settings stay at the config's), and compares them
+(:mod:`lopt.metatrain.diagnose_stats`). The result is one JSON-able dict;
+:mod:`lopt.metatrain.diagnose_report` writes it out.
+
+Sweeps may only change how the objective is *estimated* (truncation length,
+stagger, perturbation std, sign-ES, non-finite handling): a key that changes
+the objective itself (episode lengths, meta-loss, tasks) would need a
+different reference, so it is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from lopt.metatrain import build
+from lopt.metatrain import diagnose_core as core
+from lopt.metatrain import diagnose_stats as stats
+from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
+from lopt.metatrain.diagnose_options import _APPLIES, SWEEP_KEYS, DiagnoseOptions, parse_sweep  # noqa: F401
+
+# ---------------------------------------------------------------------- inputs
+def load_meta_params(config: TrainConfig, arch: Any, from_dir: str | None) -> tuple[Any, str]:
+    """Meta-parameters to diagnose at, and where they came from.
+
+    ``from_dir``: a run directory; its newest checkpoint (a run in progress),
+    else its exported ``optimizer.safetensors``. Otherwise the config's own
+    start: ``optimizer.init_from`` or the fresh init of its seed (as the trainer does).
+    """
+    fresh = arch.init_meta_params(jax.random.split(jax.random.PRNGKey(config.seed), 3)[0])
+    if from_dir is None:
+        warm = build.load_init_meta_params(config, arch)
+        if warm is None:
+            return fresh, f"fresh init (seed {config.seed})"
+        return build.overlay_meta_params(fresh, warm), f"optimizer.init_from {config.optimizer.init_from}"
+    from lopt.metatrain import checkpoint
+
+    found = checkpoint.list_checkpoints(from_dir)
+    if found:
+        step, path = found[-1]
+        arrays, _ = checkpoint._read(path)  # the checkpoint format's reader (checks the format)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path({"meta_params": fresh})
+        out = []
+        for key_path, ref in leaves:
+            k = jax.tree_util.keystr(key_path)
+            if k not in arrays or np.shape(arrays[k]) != np.shape(ref):
+                raise ConfigError(f"--from {from_dir}: checkpoint {path.name} has no {k} of shape {np.shape(ref)}: "
+                                  "it was written for another architecture than the config's")
+            out.append(np.asarray(arrays[k], np.float32))
+        return jax.tree_util.tree_unflatten(treedef, out)["meta_params"], f"checkpoint {path} (outer step {step})"
+    exported = Path(from_dir) / "optimizer.safetensors"
+    if exported.is_file():
+        from lopt import load
+
+        trained = load(exported)
+        if trained.arch != arch:
+            raise ConfigError(f"--from {from_dir}: {exported} holds {trained.arch!r}, the config builds {arch!r}")
+        return jax.tree.map(np.asarray, trained.meta_params), str(exported)
+    raise ConfigError(f"--from {from_dir}: no checkpoint (ckpt_*.safetensors) or optimizer.safetensors there")
+
+
+def machine_info() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15": [round(x, 2) for x in load],
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def _available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8e9
+
+
+# ---------------------------------------------------------------------- the run
+class _Progress:
+    """A tqdm bar over every planned estimator call (burn-in, samples, reference)."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, disable=not enabled, desc="diagnose", unit="call", dynamic_ncols=True)
+
+    def phase(self, text: str) -> None:
+        self.bar.set_description(text)
+
+    def tick(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _calls(kind: str, est_burn: int, opt: DiagnoseOptions) -> int:
+    return opt.full_es_samples if kind == "full_es" else est_burn + opt.samples
+
+
+def _plan(base, settings, opt: DiagnoseOptions) -> list[dict]:
+    """Every (estimator, setting) to measure: the config's, then each sweep's values."""
+    jobs = [{"estimator": k, "sweep": None, "value": None, "unroller": base, "settings": settings} for k in opt.estimators]
+    for key, values in opt.sweeps:
+        where, field, _ = SWEEP_KEYS[key]
+        for v in values:
+            for k in opt.sweep_estimators or opt.estimators:
+                if k not in _APPLIES[field]:
+                    continue
+                u = dataclasses.replace(base, **{field: v}) if where == "unroller" else base
+                s = dataclasses.replace(settings, **{field: v}) if where == "settings" else settings
+                jobs.append({"estimator": k, "sweep": key, "value": v, "unroller": u, "settings": s})
+    return jobs
+
+
+def diagnose(
+    config: TrainConfig,
+    options: DiagnoseOptions = DiagnoseOptions(),
+    from_dir: str | None = None,
+    progress: bool = True,
+    config_name: str = "",
+) -> dict[str, Any]:
+    """Measure every requested estimator against the full-episode reference; returns the report dict."""
+    t_start = time.perf_counter()
+    arch = build.build_arch(config)
+    base = build.build_unroller(dataclasses.replace(config, estimator=dataclasses.replace(config.estimator, kind="pes")), arch)
+    e = config.estimator
+    settings = core.EstimatorSettings(std=e.std, nonfinite=e.nonfinite, sign=e.sign, episode_length=config.unroll.episode_length)
+    meta_params, source = load_meta_params(config, arch, from_dir)
+    meta_params = jax.tree.map(lambda x: jax.numpy.asarray(x, jax.numpy.float32), meta_params)
+    cache: dict[Any, Any] = {}
+    for g in base.groups:
+        if g.task not in cache:
+            cache[g.task] = jax.device_put(g.task.load_data())
+    data = tuple(cache[g.task] for g in base.groups)
+    key = jax.random.PRNGKey(options.seed)
+    objective = core.EpisodeObjective(base, chunk=options.chunk)
+
+    jobs = _plan(base, settings, options)
+    for j in jobs:
+        j["est"] = core.make_estimator(j["estimator"], j["unroller"], j["settings"])
+    ref_calls = options.reference_samples if options.reference != "es" else -(-options.reference_es_samples // 4)
+    total = ref_calls + sum(_calls(j["estimator"], core.burn_in_steps(j["est"]), options) for j in jobs)
+    bar = _Progress(total, progress)
+    try:
+        reference = _reference(objective, meta_params, data, key, settings, options, bar)
+        ref_grads = reference.pop("grads")
+        rows = []
+        for i, j in enumerate(jobs):
+            what = j["estimator"] if j["sweep"] is None else f"{j['estimator']} {j['sweep']}={j['value']}"
+            bar.phase(f"{what} ({i + 1}/{len(jobs)})")
+            n = options.full_es_samples if j["estimator"] == "full_es" else options.samples
+            s = core.sample_estimator(j["est"], meta_params, data, jax.random.fold_in(key, 1000 + i), n,
+                                      chains=1 if j["estimator"] == "full_es" else options.chains, tick=bar.tick)
+            rows.append(_row(j, s, ref_grads, options))
+    finally:
+        bar.close()
+    u = objective.unroller
+    result = {
+        "config_name": config_name,
+        "config": to_dict(config),
+        "meta_params_source": source,
+        "num_meta_params": int(sum(np.size(x) for x in jax.tree.leaves(meta_params))),
+        "machine": machine_info(),
+        "options": to_dict(options),
+        "objective": {
+            "episode": dataclasses.asdict(u.schedule),
+            "expected_episode_length": core.expected_episode_length(u.schedule),
+            "meta_loss": base.meta_loss,
+            "loss_transform": base.loss_transform,
+            "num_tasks": base.num_tasks,
+        },
+        "reference": reference,
+        "results": [r for r in rows if r["sweep"] is None],
+        "sweeps": [r for r in rows if r["sweep"] is not None],
+    }
+    result["ranking"] = ranking(result["results"])
+    result["best_truncation_length"] = best_setting(result["sweeps"], "truncation_length")
+    result["best_std"] = best_setting(result["sweeps"], "std")
+    result["wall_seconds"] = time.perf_counter() - t_start
+    return result
+
+
+def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar: _Progress) -> dict:
+    k_ref = jax.random.fold_in(key, 1)
+    budget = opt.max_memory_gb * 1e9 if opt.max_memory_gb > 0 else 0.5 * _available_bytes()
+    samples, method, why = None, "backprop", ""
+    if opt.reference in ("auto", "backprop"):
+        bar.phase("reference: full-episode backprop")
+        samples = core.reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
+                                          max_bytes=budget if opt.reference == "auto" else None)
+        if samples is None:
+            why = f"backprop through the episode needs more than {budget / 1e9:.1f} GB"
+    if samples is None:
+        method = "es"
+        bar.phase("reference: full-episode antithetic ES")
+        bar.bar.total += -(-opt.reference_es_samples // 4) - (opt.reference_samples if opt.reference == "auto" else 0)
+        samples = core.reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std, tick=bar.tick)
+    grads = samples.grads[0]
+    finite = np.all(np.isfinite(grads), axis=1)
+    if np.sum(finite) < 2:
+        raise ConfigError(f"the {method} reference gradient was non-finite in {int(np.sum(~finite))} of {len(grads)} "
+                          "samples: the meta-objective diverges at these meta-parameters")
+    grads = grads[finite]
+    quality = stats.reference_quality(grads)
+    return {
+        "method": method,
+        "fallback_reason": why,
+        **quality,
+        "seconds_per_sample": samples.seconds_per_estimate,
+        "compile_seconds": samples.compile_seconds,
+        "inner_steps_per_sample": samples.inner_steps_per_estimate,
+        "memory_bytes": samples.extra.get("memory_bytes"),
+        "chunk": objective.unroller.truncation_length,
+        "nonfinite_samples": int(np.sum(~finite)),
+        "grads": grads,
+    }
+
+
+def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions) -> dict:
+    res = stats.compare(s.grads, ref_grads, opt.target_cosine, seed=opt.seed)
+    u = job["est"].unroller
+    secs = s.seconds_per_estimate
+    row = {
+        "estimator": job["estimator"],
+        "sweep": job["sweep"],
+        "value": job["value"],
+        "truncation_length": u.truncation_length,
+        "std": None if job["estimator"] == "backprop" else job["settings"].std,
+        "stagger": u.stagger,
+        "seconds_per_estimate": secs,
+        "inner_steps_per_estimate": s.inner_steps_per_estimate,
+        "compile_seconds": s.compile_seconds,
+        "seconds_to_target": res.get("samples_to_target", math.inf) * secs,
+        **s.extra,
+        **res,
+    }
+    if job["estimator"] == "full_es" and u.schedule != job["unroller"].schedule:
+        row["note"] = (f"full_es runs constant episodes of {u.schedule.length} steps (unroll.episode_length), "
+                       "not the config's episode distribution")
+    return row
+
+
+def ranking(rows: list[dict]) -> list[dict]:
+    """Estimators by seconds to reach the target cosine (never-reaching last, by cosine)."""
+    key = lambda r: (r.get("seconds_to_target", math.inf), -r.get("cosine", -1.0))
+    return [
+        {"estimator": r["estimator"], "seconds_to_target": r.get("seconds_to_target", math.inf), "cosine": r.get("cosine")}
+        for r in sorted(rows, key=key)
+    ]
+
+
+def best_setting(rows: list[dict], field: str) -> dict | None:
+    """Per estimator, the swept value of ``field`` with the fewest seconds to the target cosine."""
+    out = {}
+    for r in rows:
+        if r["sweep"] is None or SWEEP_KEYS[r["sweep"]][1] != field:
+            continue
+        cur = out.get(r["estimator"])
+        if cur is None or r.get("seconds_to_target", math.inf) < cur["seconds_to_target"]:
+            out[r["estimator"]] = {"value": r["value"], "seconds_to_target": r.get("seconds_to_target", math.inf)}
+    return out or None

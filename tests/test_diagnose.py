@@ -1,0 +1,280 @@
+"""``lopt diagnose`` finds the known answers (issue 17, section 3) on tiny tasks.
+
+* the full-episode backprop gradient equals finite differences of the objective;
+* PES's mean converges to it (cosine -> 1 as samples grow) while truncated ES's
+  does not when an episode spans many truncations;
+* truncated backprop's per-sample variance grows with the unroll length on a
+  task whose inner dynamics are chaotic.
+
+A test-only learned optimizer (SGD with a learned log learning rate and a
+learned quadratic schedule) keeps the meta-parameters at three numbers, so the
+answers are clear and compiles are small; compiled functions are shared
+through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lopt.base import LearnedOptimizer, OptState
+from lopt.metatrain import diagnose_core as core
+from lopt.metatrain import diagnose_stats as stats
+from lopt.metatrain.unroll import EpisodeSchedule, Group, Unroller
+from lopt.tasks.base import Task
+from lopt.tasks.quadratic import Quadratic
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledSGD(LearnedOptimizer):
+    """SGD at lr = exp(log_lr + k1 f + k2 f^2), f the fraction of the episode done (test only)."""
+
+    arch: ClassVar[str] = "test_scheduled_sgd"
+    learning_rate: float = 0.02
+
+    def init_meta_params(self, key):
+        del key
+        return {"log_lr": jnp.asarray(math.log(self.learning_rate), jnp.float32), "decay": jnp.zeros((2,), jnp.float32)}
+
+    def init_inner(self, meta_params, params):
+        return {}
+
+    def compute_update(self, meta_params, state: OptState, grads, params, loss):
+        f = state.step.astype(jnp.float32) / jnp.maximum(state.num_steps, 1).astype(jnp.float32)
+        k1, k2 = meta_params["decay"][0], meta_params["decay"][1]
+        lr = jnp.exp(meta_params["log_lr"] + k1 * f + k2 * f * f)
+        return jax.tree.map(lambda g: -lr * g, grads), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class SineTask(Task):
+    """sum(x^2 / 2 - 3 cos x): at lr 1 gradient descent is the chaotic map x -> -3 sin x."""
+
+    dim: int = 4
+
+    @property
+    def name(self) -> str:
+        return "test_sine"
+
+    @property
+    def loss_scale(self) -> float:
+        return 10.0
+
+    def init(self, key, hparams=None):
+        return {"x": 2.0 * jax.random.normal(key, (self.dim,), jnp.float32)}
+
+    def loss_and_aux(self, params, batch, hparams=None):
+        x = params["x"]
+        return jnp.sum(0.5 * x * x - 3.0 * jnp.cos(x)), {}
+
+    def load_data(self):
+        return {"train": {}, "valid": {}}
+
+    def sample_batch(self, data, key, split="train", hparams=None):
+        return {}
+
+
+QUAD = Quadratic(dim=4, condition=10.0, noise=0.0, init_scale=1.0)
+# With noisy gradients a short horizon prefers a smaller learning rate than a long one
+# (short-horizon bias): at lr 0.02 the full-episode gradient and the truncated one disagree.
+NOISY_QUAD = Quadratic(dim=4, condition=10.0, noise=1.0, init_scale=1.0)
+
+
+def quad_unroller(truncation=4, length=32, schedule=None, num_tasks=8, task=QUAD):
+    sched = schedule or EpisodeSchedule("constant", length)
+    return Unroller(
+        arch=ScheduledSGD(),
+        groups=(Group(task, num_tasks, sample_hparams=False),),
+        truncation_length=truncation,
+        schedule=sched,
+        loss_transform="identity",
+    )
+
+
+def data_for(u):
+    return tuple(g.task.load_data() for g in u.groups)
+
+
+# ---------------------------------------------------------------- full-episode gradient
+def test_full_episode_gradient_matches_finite_differences():
+    # variable episode lengths: the objective must stop counting each task at its own end
+    u = quad_unroller(schedule=EpisodeSchedule("log_uniform", min_length=6, max_length=24), num_tasks=3)
+    mp = u.arch.init_meta_params(None)
+    data, key = data_for(u), jax.random.PRNGKey(1)
+    obj = core.EpisodeObjective(u, chunk=5)
+    value, grad = jax.jit(jax.value_and_grad(obj))(mp, key, data)
+    # chunking (and checkpointing) changes nothing on a noise-free task
+    whole = core.EpisodeObjective(u, chunk=24)
+    np.testing.assert_allclose(float(jax.jit(whole)(mp, key, data)), float(value), rtol=1e-5)
+    f = jax.jit(obj)
+    flat, unravel = jax.flatten_util.ravel_pytree(mp)
+    h = 1e-2
+    fd = []
+    for i in range(flat.size):
+        e = jnp.zeros_like(flat).at[i].set(h)
+        fd.append((float(f(unravel(flat + e), key, data)) - float(f(unravel(flat - e), key, data))) / (2 * h))
+    got = np.asarray(jax.flatten_util.ravel_pytree(grad)[0])
+    np.testing.assert_allclose(got, np.asarray(fd), rtol=2e-2, atol=1e-4 * np.abs(fd).max())
+    assert np.abs(got).max() > 0
+
+
+def test_expected_episode_length_log_uniform():
+    s = EpisodeSchedule("log_uniform", min_length=10, max_length=200)
+    draws = np.asarray(jax.vmap(s.sample)(jax.random.split(jax.random.PRNGKey(0), 20000)))
+    assert core.expected_episode_length(s) == pytest.approx(draws.mean(), rel=0.02)
+    assert core.expected_episode_length(EpisodeSchedule("constant", 7)) == 7.0
+
+
+# ---------------------------------------------------------------- PES unbiased, truncated ES biased
+@pytest.fixture(scope="module")
+def quad_samples():
+    # 16 truncations per episode; many cheap tasks per estimate so that both means are resolved
+    u = quad_unroller(truncation=2, length=32, task=NOISY_QUAD, num_tasks=256)
+    mp = u.arch.init_meta_params(None)
+    data, key = data_for(u), jax.random.PRNGKey(0)
+    ref = core.reference_backprop(core.EpisodeObjective(u), mp, data, key, num_samples=8)
+    settings = core.EstimatorSettings(std=0.01, episode_length=32)
+    out = {"ref": ref.grads[0]}
+    for kind in ("pes", "es"):
+        est = core.make_estimator(kind, u, settings)
+        out[kind] = core.sample_estimator(est, mp, data, jax.random.fold_in(key, 7), num_samples=128, chains=4).grads
+    return out
+
+
+def test_pes_mean_converges_to_full_episode_gradient(quad_samples):
+    res = stats.compare(quad_samples["pes"], quad_samples["ref"], target=0.9)
+    assert res["cosine"] > 0.97, res
+    curve = res["curve_empirical"]
+    assert curve[-1] > curve[0] and curve[-1] > 0.95, res
+    assert math.isfinite(res["samples_to_target"])
+
+
+def test_truncated_es_stays_biased(quad_samples):
+    pes = stats.compare(quad_samples["pes"], quad_samples["ref"], target=0.9)
+    es = stats.compare(quad_samples["es"], quad_samples["ref"], target=0.9)
+    # more samples do not help: its mean points elsewhere
+    assert es["cosine_ci90"][1] < 0.9, es
+    assert es["curve_empirical"][-1] < 0.9, es
+    assert es["rel_error"] > 3 * pes["rel_error"], (es, pes)
+
+
+# ---------------------------------------------------------------- chaotic unrolls
+@pytest.fixture(scope="module")
+def sine_backprop():
+    """Truncated backprop on SineTask for several unroll lengths; meta-params choose the lr."""
+    ests = {}
+    for k in (2, 8, 24):
+        u = Unroller(
+            arch=ScheduledSGD(),
+            groups=(Group(SineTask(), 8),),
+            truncation_length=k,
+            schedule=EpisodeSchedule("constant", 48),
+            num_branches=1,
+            loss_transform="identity",
+        )
+        ests[k] = core.make_estimator("backprop", u, core.EstimatorSettings())
+
+    def variance(k, lr):
+        mp = dict(ScheduledSGD().init_meta_params(None), log_lr=jnp.asarray(math.log(lr), jnp.float32))
+        est = ests[k]
+        s = core.sample_estimator(est, mp, data_for(est.unroller), jax.random.PRNGKey(k), num_samples=16, burn_in=0)
+        return stats.per_sample_variance(s.grads)
+
+    return variance
+
+
+def test_backprop_variance_grows_with_unroll_length_on_chaotic_task(sine_backprop):
+    variances = [sine_backprop(k, 1.0) for k in (2, 8, 24)]  # lr 1: x -> -3 sin x, chaotic
+    assert variances[0] < variances[1] < variances[2], variances
+    # exponential, not polynomial: 16 more steps multiply it by far more than (24 / 8)^4
+    assert variances[2] > 1e3 * variances[1], variances
+
+
+def test_backprop_variance_stays_bounded_when_the_dynamics_contract(sine_backprop):
+    """Control: the growth above comes from chaos, not from longer sums (same task, lr 0.05)."""
+    variances = [sine_backprop(k, 0.05) for k in (8, 24)]
+    assert variances[1] < 10 * variances[0], variances
+
+
+# ---------------------------------------------------------------- statistics
+def test_samples_to_cosine_formula():
+    # unbiased estimator: mean = truth of norm 1, variance 9 -> cos(n) = 1/sqrt(1 + 9/n); 0.5 at n = 3
+    assert stats.samples_to_cosine(1.0, 1.0, 9.0, 0.5) == pytest.approx(3.0)
+    # a biased mean whose bias cosine is below the target never reaches it
+    assert stats.samples_to_cosine(0.3, 1.0, 1.0, 0.5) == math.inf
+
+
+def test_compare_recovers_a_known_bias():
+    rng = np.random.default_rng(0)
+    truth = np.array([1.0, 0.0, 0.0, 0.0])
+    biased = np.array([1.0, 1.0, 0.0, 0.0])  # cosine 1/sqrt(2) with the truth
+    ref = truth + 0.1 * rng.standard_normal((64, 4))
+    x = biased + 2.0 * rng.standard_normal((2, 2000, 4))
+    res = stats.compare(x, ref, target=0.5)
+    assert res["cosine"] == pytest.approx(1 / math.sqrt(2), abs=0.08)
+    assert res["variance"] == pytest.approx(16.0, rel=0.1)
+    assert res["autocorr_time"] == pytest.approx(1.0, abs=0.5)
+
+
+# ---------------------------------------------------------------- command line and outputs
+def test_sweep_parsing_and_bad_input():
+    from lopt.metatrain.config import ConfigError
+    from lopt.metatrain.diagnose_run import DiagnoseOptions, parse_sweep
+
+    from lopt.metatrain.estimators import ESTIMATORS
+    from lopt.metatrain.diagnose_options import KINDS
+
+    assert set(KINDS) == set(ESTIMATORS)
+    assert parse_sweep("truncation_length=10,20") == ("truncation_length", (10, 20))
+    assert parse_sweep("estimator.std=0.003,1") == ("estimator.std", (0.003, 1.0))
+    with pytest.raises(ConfigError, match="meta-objective"):
+        parse_sweep("unroll.episode_length=100,200")
+    with pytest.raises(ConfigError, match="not a valid int"):
+        parse_sweep("truncation_length=ten")
+    with pytest.raises(ConfigError, match="unknown 'sgd'"):
+        DiagnoseOptions(estimators=("pes", "sgd"))
+
+
+def test_report_files_from_a_result(tmp_path):
+    """diagnose.json is strict JSON (never-reached targets are null), diagnose.md ranks, plots exist."""
+    import json
+
+    from lopt.metatrain import diagnose_report as report
+    from lopt.metatrain import diagnose_run as run
+    from lopt.metatrain.config import to_dict
+
+    rng = np.random.default_rng(0)
+    ref = 1.0 + 0.1 * rng.standard_normal((4, 6))
+
+    def row(est, mean, sweep=None, value=None):
+        r = stats.compare(mean + rng.standard_normal((2, 16, 6)), ref, 0.5)
+        secs = {"seconds_per_estimate": 0.1, "seconds_to_target": r["samples_to_target"] * 0.1}
+        return {"estimator": est, "sweep": sweep, "value": value, "truncation_length": value or 20, "std": 0.01,
+                "stagger": True, "inner_steps_per_estimate": 320, "compile_seconds": 1.0, **secs, **r}
+
+    rows = [row("pes", np.ones(6)), row("es", -np.ones(6))]  # es points away: never reaches the target
+    sweeps = [row("pes", np.ones(6), "truncation_length", 10), row("pes", 0.5 * np.ones(6), "truncation_length", 50)]
+    result = {
+        "config_name": "toy", "config": {}, "meta_params_source": "fresh", "num_meta_params": 6,
+        "machine": run.machine_info(), "options": to_dict(run.DiagnoseOptions()),
+        "objective": {"episode": {"kind": "constant", "length": 32, "min_length": 1, "max_length": 32},
+                      "expected_episode_length": 32.0, "meta_loss": "mean", "loss_transform": "log", "num_tasks": 8},
+        "reference": {"method": "backprop", "fallback_reason": "", **stats.reference_quality(ref),
+                      "seconds_per_sample": 1.0},
+        "results": rows, "sweeps": sweeps, "ranking": run.ranking(rows),
+        "best_truncation_length": run.best_setting(sweeps, "truncation_length"), "best_std": None, "wall_seconds": 1.0,
+    }
+    assert result["ranking"][0]["estimator"] == "pes"
+    paths = report.write_all(result, tmp_path)
+    data = json.loads((tmp_path / "diagnose.json").read_text())
+    assert data["results"][1]["samples_to_target"] is None
+    md = (tmp_path / "diagnose.md").read_text()
+    assert "Most signal per second here: `pes`" in md and "## Sweep `truncation_length`" in md
+    assert (tmp_path / "cosine_vs_samples.png").stat().st_size > 0
+    assert (tmp_path / "signal_cost_vs_truncation_length.png") in paths
