@@ -3,7 +3,7 @@
 Celo2 reports that its learned rule works when hidden weight matrices are
 instead updated by an orthogonalizing optimizer. This measures the same
 question for ours on a small pre-LN transformer LM (``transformer_lm_small``,
-2 blocks, d_model 64, 120,704 parameters), ``steps`` steps per run, each run
+2 blocks, d_model 64, 118,656 parameters), ``steps`` steps per run, each run
 one scanned ``jit``, several seeds:
 
 * ``adam``: ``optax.adam(1e-3)`` everywhere (reference point, not tuned);

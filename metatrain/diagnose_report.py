@@ -49,7 +49,8 @@ def _table(rows: list[dict], target: float, first: str = "estimator") -> list[st
         lo, hi = r["cosine_ci90"]
         lines.append(
             f"| {name} | {r['truncation_length']} | {_num(r['std'], '{:g}') if r['std'] is not None else '-'} | "
-            f"{r['cosine']:.2f} [{lo:.2f}, {hi:.2f}] | {r['rel_error']:.2f} | {r['variance']:.3g} | "
+            f"{r['cosine']:.2f}{'' if r.get('mean_resolved', True) else ' (unresolved)'} [{lo:.2f}, {hi:.2f}] | "
+            f"{r['rel_error']:.2f} | {r['variance']:.3g} | "
             f"{r['autocorr_time']:.1f} | {_num(r['samples_to_target'])} | {r['seconds_per_estimate']:.3g} | "
             f"{r['inner_steps_per_estimate']:,} | **{_num(r['seconds_to_target'])}** |"
         )
@@ -95,7 +96,8 @@ def markdown(result: dict) -> str:
         "",
         "Bias cosine: of the estimator's mean with the reference (noise-corrected; 1 = unbiased). "
         f"Samples to cos {target:g}: independent estimates whose mean reaches it; consecutive meta-steps of a "
-        "stateful estimator need `autocorr` times more. s to cos: samples x seconds per estimate (cost of one unit of signal).",
+        "stateful estimator need `autocorr` times more. s to cos: samples x seconds per estimate (cost of one unit of signal). "
+        "(unresolved): the mean is smaller than its own noise, so only the interval (block bootstrap) is informative.",
     ]
     notes = [r["note"] for r in result["results"] if r.get("note")]
     out += [f"Note: {n}." for n in dict.fromkeys(notes)]
@@ -168,6 +170,14 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
 def write_all(result: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result = dict(result)
+    raw = result.pop("samples", None)
+    written = []
+    if raw:  # every sample, so that the statistics can be recomputed (numpy format, no pickle)
+        import numpy as np
+
+        np.savez_compressed(out / "samples.npz", **{k: np.asarray(v, np.float32) for k, v in raw.items()})
+        written.append(out / "samples.npz")
     write_json(result, out / "diagnose.json")
     (out / "diagnose.md").write_text(markdown(result))
-    return [out / "diagnose.json", out / "diagnose.md"] + plots(result, out)
+    return [out / "diagnose.json", out / "diagnose.md"] + plots(result, out) + written

@@ -167,7 +167,7 @@ def diagnose(
     try:
         reference = _reference(objective, meta_params, data, key, settings, options, bar)
         ref_grads = reference.pop("grads")
-        rows = []
+        rows, raw = [], {"reference": ref_grads}
         for i, j in enumerate(jobs):
             what = j["estimator"] if j["sweep"] is None else f"{j['estimator']} {j['sweep']}={j['value']}"
             bar.phase(f"{what} ({i + 1}/{len(jobs)})")
@@ -175,6 +175,7 @@ def diagnose(
             s = core.sample_estimator(j["est"], meta_params, data, jax.random.fold_in(key, 1000 + i), n,
                                       chains=1 if j["estimator"] == "full_es" else options.chains, tick=bar.tick)
             rows.append(_row(j, s, ref_grads, options))
+            raw[f"{i:02d}_{j['estimator']}" + (f"_{j['sweep']}={j['value']}" if j["sweep"] else "")] = s.grads
     finally:
         bar.close()
     u = objective.unroller
@@ -195,6 +196,7 @@ def diagnose(
         "reference": reference,
         "results": [r for r in rows if r["sweep"] is None],
         "sweeps": [r for r in rows if r["sweep"] is not None],
+        "samples": raw,  # flattened gradients (written to samples.npz, not to the JSON)
     }
     result["ranking"] = ranking(result["results"])
     result["best_truncation_length"] = best_setting(result["sweeps"], "truncation_length")

@@ -198,10 +198,14 @@ def test_guard_skips_non_finite_steps(name):
     assert int(new.skipped) == int(state.skipped) + 1 and int(new.step) == int(state.step)
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), new.inner, state.inner)))
     inf_grads = jax.tree.map(lambda g: g.at[0].set(jnp.inf), grads_at(3))
-    _, new2 = update(mp, new, inf_grads, params, 1.0)
-    assert int(new2.skipped) == int(state.skipped) + 2
+    upd2, new2 = update(mp, new, inf_grads, params, 1.0)
+    # the contract: skipped exactly when an update or a new accumulator would not be finite; an architecture
+    # that clips gradients first (hyper) may take a finite step instead, and then everything must be finite
+    skipped = int(new2.skipped) - int(new.skipped)
+    assert skipped == 1 or (skipped == 0 and all(np.all(np.isfinite(np.asarray(x))) for x in
+                                                 jax.tree.leaves((upd2, new2.inner))))
     _, ok = update(mp, new2, grads_at(4), params, 1.0)  # and it recovers
-    assert int(ok.step) == int(state.step) + 1 and int(ok.skipped) == int(new2.skipped)
+    assert int(ok.step) == int(new2.step) + 1 and int(ok.skipped) == int(new2.skipped)
 
 
 def test_state_bytes_small_fc_at_most_two_and_a_half_adam():
