@@ -253,12 +253,21 @@ def _apply_override(raw: dict, item: str) -> None:
         value = yaml_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}: value {text!r} is not valid YAML ({err.__class__.__name__})") from None
-    parts = key.strip().split(".")
+    set_dotted(raw, key.strip(), value, "override ")
+
+
+def set_dotted(raw: dict, key: str, value: Any, where: str = "") -> None:
+    """Set dotted ``key`` (``meta_opt.learning_rate``) in a raw config mapping, creating sections.
+
+    ``where`` prefixes the error (e.g. ``"override "``) when a step of the
+    path is a value rather than a section.
+    """
+    parts = key.split(".")
     node = raw
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {p!r} is not a section")
+            raise ConfigError(f"{where}{key}: {p!r} is not a section")
         node = child
     node[parts[-1]] = value
 

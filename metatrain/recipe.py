@@ -37,7 +37,7 @@ import yaml
 
 from lopt import configs
 from lopt.io import json_safe
-from lopt.metatrain.config import ConfigError, TrainConfig, check, from_dict, to_dict, yaml_load
+from lopt.metatrain.config import ConfigError, TrainConfig, check, from_dict, set_dotted, to_dict, yaml_load
 
 PREVIOUS = "previous"  # optimizer.init_from value: the stage before's result
 STATE_FILE = "recipe.json"
@@ -72,14 +72,7 @@ def _merge(raw: dict, key: str, value: Any, where: str) -> None:
         for k, v in value.items():
             _merge(raw, f"{key}.{k}", v, where)
         return
-    node = raw
-    parts = key.split(".")
-    for p in parts[:-1]:
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{where}: {key}: {p!r} is not a section")
-        node = child
-    node[parts[-1]] = value
+    set_dotted(raw, key, value, f"{where}: ")
 
 
 def _base_mapping(base: Any, where: str) -> dict:
