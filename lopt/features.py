@@ -50,6 +50,18 @@ def ema(old: jax.Array, new: jax.Array, decay: jax.Array) -> jax.Array:
     return decay * old + (1.0 - decay) * new
 
 
+def guarded_ema(old: jax.Array, new: jax.Array, decay: jax.Array, ok: jax.Array) -> jax.Array:
+    """``ema(old, new, decay)`` if ``ok``, else ``old`` exactly, in one loop that reads ``old`` and ``new``.
+
+    The same value as :func:`ema` bit for bit when ``ok``. It is written so it
+    is *not* the same expression as the ``ema`` the update already computed
+    (the gradient goes through a select first): XLA would otherwise share the
+    two, write the new average to memory once, and then make a second pass
+    choosing between it and the old one.
+    """
+    return jnp.where(ok, ema(old, jnp.where(ok, new, 0.0), decay), old)
+
+
 def bias_correction(decay: jax.Array, step: jax.Array) -> jax.Array:
     """``1 / (1 - decay**t)`` for the ``t = step + 1``-th update (Adam's correction).
 
@@ -96,18 +108,6 @@ def factored_second_moment(
     row_mean = jnp.mean(new_row, axis=-1, keepdims=True)
     v = (new_row / row_mean)[..., :, None] * new_col[..., None, :]
     return new_row, new_col, v
-
-
-def materialize(x: jax.Array) -> jax.Array:
-    """``x``, computed by its own small kernel and written to memory.
-
-    XLA fuses cheap producers (concatenations, broadcasts) into every
-    consumer loop. Inside a large elementwise loop a fused concatenation
-    becomes a per-element branch that stops vectorization. A reduction is
-    never fused into a consumer loop, so summing ``x`` with zeros over a new
-    axis of size 2 (exact: ``x + 0``) makes XLA write ``x`` out once.
-    """
-    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
 
 
 def dense_elementwise(

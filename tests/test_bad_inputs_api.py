@@ -92,6 +92,36 @@ def test_the_guard_skips_the_1e20_step_of_adam_like_architectures():
         assert int(skipped1) == 1, name
 
 
+@pytest.mark.parametrize("name", architectures.names())
+def test_moments_are_guarded_through_the_gradient_bound(name):
+    """Above MAX_GRADIENT the step is skipped (its square could overflow a row sum); below, it is taken."""
+    from lopt.base import MAX_GRADIENT
+
+    assert architectures.get(name).moment_keys, "a new architecture: name its moving averages (see lopt/base.py)"
+    (p1, skipped1, _, _), _, _ = _run(name, _first("b", 10 * MAX_GRADIENT))
+    assert int(skipped1) == 1 and _equal(p1, PARAMS)
+    (p1, skipped1, _, finite1), _, _ = _run(name, _first("b", MAX_GRADIENT / 10))
+    assert int(skipped1) == 0 and bool(finite1)
+
+
+def test_gradients_bounded_catches_nan_inf_and_huge_values():
+    from lopt.base import MAX_GRADIENT, gradients_bounded
+
+    ok = lambda *xs: bool(gradients_bounded({"a": jnp.zeros((0,)), "x": jnp.asarray(xs, jnp.float32)}))  # noqa: E731
+    assert ok(0.0, -1.0, MAX_GRADIENT) and ok()
+    assert not ok(1.0, jnp.nan) and not ok(jnp.inf) and not ok(-jnp.inf) and not ok(-2 * MAX_GRADIENT)
+    assert bool(gradients_bounded({}))
+
+
+def test_a_non_finite_loss_is_skipped_where_the_loss_is_a_feature():
+    for name in ("normed_fc", "small_fc", "hyper"):
+        arch = architectures.get(name)
+        tx = lopt.as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), 100)
+        p = {"b": jnp.ones(3)}
+        u, s = jax.jit(tx.update)({"b": jnp.full(3, 0.1)}, tx.init(p), p, value=jnp.inf)
+        assert int(s.skipped) == 1 and bool(jnp.all(u["b"] == 0)), name
+
+
 def test_the_issue_repro_with_the_shipped_default():
     tx = lopt.pretrained("default").as_optax(100)
     tx = optax.GradientTransformationExtraArgs(tx.init, jax.jit(tx.update))

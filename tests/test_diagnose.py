@@ -164,6 +164,25 @@ def test_truncated_es_stays_biased(quad_samples):
     assert es["rel_error"] > 3 * pes["rel_error"], (es, pes)
 
 
+def test_backprop_forward_burn_in_leaves_the_states_its_steps_would():
+    """The gradient-free burn-in of backprop (a shortcut for speed) must not change what is measured."""
+    u = dataclasses.replace(quad_unroller(truncation=4, length=12, num_tasks=3, task=NOISY_QUAD), num_branches=1)
+    est = core.make_estimator("backprop", u, core.EstimatorSettings())
+    mp, data = u.arch.init_meta_params(None), data_for(u)
+    keys = jax.random.split(jax.random.PRNGKey(3), 5 * 2).reshape(5, 2, -1)
+    init = lambda: core._init_chains(est, mp, jax.random.split(jax.random.PRNGKey(4), 2))
+    # backprop's chains start from the first branch of the shared two-branch init: equal to its own init
+    own = jax.vmap(lambda k: est.init(mp, k))(jax.random.split(jax.random.PRNGKey(4), 2))
+    for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(init())):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    stepped, advanced = init(), init().groups
+    for k in keys:
+        stepped = core._step_chains(est, mp, stepped, k, data)[1]
+        advanced = core._advance_chains(est.unroller, mp, advanced, k, data)
+    for a, b in zip(jax.tree.leaves(stepped.groups), jax.tree.leaves(advanced)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------- chaotic unrolls
 @pytest.fixture(scope="module")
 def sine_backprop():
@@ -278,3 +297,57 @@ def test_report_files_from_a_result(tmp_path):
     assert "Most signal per second here: `pes`" in md and "## Sweep `truncation_length`" in md
     assert (tmp_path / "cosine_vs_samples.png").stat().st_size > 0
     assert (tmp_path / "signal_cost_vs_truncation_length.png") in paths
+
+
+# ---------------------------------------------------------------- --from a run's checkpoint
+def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
+    """Train a tiny run, diagnose ``--from`` it: the meta-parameters used are its newest checkpoint's."""
+    import argparse
+
+    from lopt.metatrain import build, checkpoint, diagnose_cli
+    from lopt.metatrain.config import load_config
+    from lopt.metatrain.trainer import train
+
+    sets = ["tasks=[{name: quadratic, num_tasks: 2}]", "unroll.truncation_length=4", "unroll.min_episode_length=8",
+            "unroll.max_episode_length=16", "num_outer_steps=3", "checkpoint_every=1", "validation.every=0",
+            "meta_opt.learning_rate=0.01", "meta_opt.warmup_steps=1"]
+    run = tmp_path / "run"
+    train(load_config("smoke", sets), run, progress=False)
+    step, newest = checkpoint.list_checkpoints(run)[-1]
+    assert step == 3
+    config = load_config("smoke", sets)
+    arch = build.build_arch(config)
+    fresh = arch.init_meta_params(jax.random.split(jax.random.PRNGKey(config.seed), 3)[0])
+    ckpt, _ = checkpoint.restore(newest, {"meta_params": fresh}, partial=True)
+    want = np.asarray(jax.flatten_util.ravel_pytree(ckpt["meta_params"])[0])
+    assert not np.allclose(want, np.asarray(jax.flatten_util.ravel_pytree(fresh)[0]))  # training moved them
+
+    parser = argparse.ArgumentParser()
+    diagnose_cli.add_arguments(parser)
+    out = tmp_path / "diag"
+    args = parser.parse_args(["--config", "smoke", "--out", str(out), "--from", str(run), "--estimators", "pes",
+                              "--samples", "2", "--chains", "1", "--reference", "es", "--reference-es-samples", "8",
+                              "--no-progress"]
+                             + [f"--set={s}" for s in sets])
+    assert diagnose_cli.main(args) == 0
+    used = np.load(out / "samples.npz")["meta_params"][0]
+    np.testing.assert_array_equal(used, want)
+    import json
+
+    assert str(newest) in json.loads((out / "diagnose.json").read_text())["meta_params_source"]
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_from_dir_bad_input_is_a_one_line_error(tmp_path, make):
+    import subprocess
+    import sys
+
+    target = tmp_path / "nothing_here"
+    if make == "empty":
+        target.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "lopt.cli", "diagnose", "--config", "smoke", "--from", str(target),
+                           "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lopt: error: --from"), proc.stderr
+    assert ("no such run directory" if make == "missing" else "no checkpoint") in lines[0]

@@ -117,6 +117,7 @@ class Hyper(LearnedOptimizer):
     """
 
     arch: ClassVar[str] = "hyper"
+    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v")  # moving averages of g and g^2 (base: the guard)
 
     lstm_hidden: int = 16
     num_mlps: int = 4

@@ -33,6 +33,7 @@ class LearnedAdam(LearnedOptimizer):
     """Adam with meta-learned learning rate, betas, epsilon and schedule."""
 
     arch: ClassVar[str] = "learned_adam"
+    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v")  # moving averages of g and g^2 (base: the guard)
 
     learning_rate: float = 1e-3
     beta1: float = 0.9

@@ -30,6 +30,7 @@ class MLPOpt(LearnedOptimizer):
     """Per-parameter MLP on per-tensor-normalized gradient, parameter and momenta."""
 
     arch: ClassVar[str] = "mlp"
+    moment_keys: ClassVar[tuple[str, ...]] = ("m",)  # moving averages of g and g^2 (base: the guard)
 
     hidden: int = 32
     decays: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)

@@ -70,6 +70,7 @@ class NormedFC(LearnedOptimizer):
     """AdamW-cosine prior + centered per-parameter MLP, per-tensor normalized step."""
 
     arch: ClassVar[str] = "normed_fc"
+    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v")  # moving averages of g and g^2 (base: the guard)
 
     hidden: int = 4
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)  # the first is Adam's beta1
@@ -146,6 +147,35 @@ class NormedFC(LearnedOptimizer):
 
     # ---------------------------------------------------------------- update
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
+        ones = jax.tree.map(lambda _: jnp.ones((), jnp.float32), grads)
+        updates, inner, _ = self._update(meta_params, state._replace(scales=ones), grads, params, loss)
+        return updates, inner
+
+    def checked_update(self, meta_params, state: OptState, grads, params, loss):
+        """Scaled updates, new accumulators and "every update finite", without re-reading the updates.
+
+        A leaf's update is ``-(scale * d) - lr_t * wd * p``: it is finite when
+        the scalars ``scale``, ``rms(d)`` and ``rms(p)`` are (a non-finite
+        element of ``d`` or ``p`` makes its RMS non-finite). Those reductions
+        are computed anyway, so the check costs no pass over the parameters.
+        It is conservative: a finite element above ~1e19, whose square
+        overflows, also skips the step.
+        """
+        return self._update(meta_params, state, grads, params, loss)
+
+    def commit_inner(self, meta_params, state: OptState, grads, new_inner, ok):
+        """The moving averages recomputed with the skip folded in: one pass per accumulator (base class)."""
+        beta_m = jax.nn.sigmoid(meta_params["decays"]["momentum_logits"])
+        beta_v = jax.nn.sigmoid(meta_params["decays"]["second_moment_logit"])
+        inner = state.inner
+        ms = tuple(
+            jax.tree.map(lambda m, g, b=beta_m[i]: ft.guarded_ema(m, g, b, ok), inner["m"][i], grads)
+            for i in range(len(self.momentum_decays))
+        )
+        v = jax.tree.map(lambda v, g: ft.guarded_ema(v, jnp.square(g), beta_v, ok), inner["v"], grads)
+        return {"m": ms, "v": v, "loss_mean": jnp.where(ok, new_inner["loss_mean"], inner["loss_mean"])}
+
+    def _update(self, meta_params, state: OptState, grads, params, loss):
         mp = meta_params
         k = len(self.momentum_decays)
         beta_m = jax.nn.sigmoid(mp["decays"]["momentum_logits"])
@@ -166,7 +196,7 @@ class NormedFC(LearnedOptimizer):
         bias_step = mp["layer1"]["b"] + step_feats @ w_tensor[:n_step]
         log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
 
-        def leaf(g, p, v, *ms):
+        def leaf(g, p, s, v, *ms):
             ms = [ft.ema(m, g, beta_m[i]) for i, m in enumerate(ms)]
             v = ft.ema(v, jnp.square(g), beta_v)
             v_hat = v * corr_v
@@ -174,7 +204,8 @@ class NormedFC(LearnedOptimizer):
             rms_a = _rms(a)
             rs = jax.lax.rsqrt(v_hat + ft.TINY)
             feats = [g * rs, *(ms[i] * corr_m[i] * rs for i in range(k))]
-            tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(_rms(p), PARAM_RMS_FLOOR))])
+            rms_p = _rms(p)
+            tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(rms_p, PARAM_RMS_FLOOR))])
             bias1 = bias_step + tensor @ w_tensor[n_step:]
             h1 = [jax.nn.relu(x) for x in ft.dense_elementwise(feats, w1, bias1)]
             h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
@@ -182,14 +213,17 @@ class NormedFC(LearnedOptimizer):
             # The same network with every per-parameter feature at zero (a scalar): centering.
             h1_0 = jax.nn.relu(bias1)
             h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
-            d = ft.materialize(a + (net - h2_0 @ mp["out"]))
+            d = a + (net - h2_0 @ mp["out"])
             log_mult = _bounded(log_step_time + tensor @ mp["step"]["w"][n_step:])
-            scale = lr_t * jnp.exp(log_mult) * rms_a / _rms(d)
-            update = -(scale * d) - lr_t * wd * p
-            return (update, v, *ms)
+            rms_d = _rms(d)
+            scale = s * lr_t * jnp.exp(log_mult) * rms_a / rms_d
+            update = -(scale * d) - (s * lr_t * wd) * p
+            finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, s * lr_t * wd])).all()
+            return (update, finite, v, *ms)
 
         v_leaves = state.inner["v"]
-        out = ft.map_unzip(leaf, 2 + k, grads, params, v_leaves, *state.inner["m"])
-        updates, v, ms = out[0], out[1], tuple(out[2:])
+        out = ft.map_unzip(leaf, 3 + k, grads, params, state.scales, v_leaves, *state.inner["m"])
+        updates, finite, v, ms = out[0], out[1], out[2], tuple(out[3:])
         new_loss_mean = ft.ema(loss_mean, loss, LOSS_DECAY)
-        return updates, {"m": ms, "v": v, "loss_mean": new_loss_mean}
+        ok = jnp.all(jnp.stack(jax.tree.leaves(finite))) if jax.tree.leaves(finite) else jnp.asarray(True)
+        return updates, {"m": ms, "v": v, "loss_mean": new_loss_mean}, ok

@@ -79,6 +79,8 @@ class SmallFC(LearnedOptimizer):
     """Tiny per-parameter MLP on Adafactor features (the default architecture)."""
 
     arch: ClassVar[str] = "small_fc"
+    # Moving averages of g and g^2 (row/col: of its row and column means); see base: the guard.
+    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v", "row", "col")
     extension_options: ClassVar[tuple[str, ...]] = ("learned_schedule", "schedule_decay_init", "centered")
 
     hidden: int = 4
@@ -169,6 +171,24 @@ class SmallFC(LearnedOptimizer):
 
     def checked_update(self, meta_params, state: OptState, grads, params, loss):
         return self._update(meta_params, state, grads, params, loss)
+
+    def commit_inner(self, meta_params, state: OptState, grads, new_inner, ok):
+        """Momenta and second moment recomputed with the skip folded in (see the base class).
+
+        The row and column moments are small vectors: choosing between new and
+        old costs nothing there, while recomputing them would re-read the gradient.
+        """
+        decays = meta_params["decays"]
+        beta_m = jax.nn.sigmoid(decays["momentum_logits"])
+        beta_v = jax.nn.sigmoid(decays["second_moment_logit"])
+        inner = state.inner
+        ms = [
+            jax.tree.map(lambda m, g, b=beta_m[i]: ft.guarded_ema(m, g, b, ok), inner["m"][i], grads)
+            for i in range(len(self.momentum_decays))
+        ]
+        v = jax.tree.map(lambda v, g: ft.guarded_ema(v, jnp.square(g) + ft.TINY, beta_v, ok), inner["v"], grads)
+        keep = lambda key: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_inner[key], inner[key])  # noqa: E731
+        return {"m": ms, "v": v, "row": keep("row"), "col": keep("col"), "loss_mean": keep("loss_mean")}
 
     def _update(self, meta_params, state: OptState, grads, params, loss):
         """Scaled updates, new accumulators and "every update finite", leaf by leaf."""
