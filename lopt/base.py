@@ -202,18 +202,33 @@ def gradients_bounded(grads: Any) -> jax.Array:
 def tree_all_finite(tree: Any) -> jax.Array:
     """True when every floating leaf is finite, with ONE fused reduction per leaf.
 
-    ``sum(x * 0)`` is 0 when ``x`` is finite and NaN as soon as one element is
-    inf or NaN (``inf * 0`` is NaN). XLA compiles it to a single reduction
-    kernel that reads ``x`` once, while ``all(isfinite(x))`` writes a boolean
-    array the size of ``x`` and reduces it in stages (seen in the compiled HLO
-    on CPU): that matters because the guard checks every accumulator.
-    Integer leaves are always finite and are not read.
+    ``sum(x - x)`` is 0 when ``x`` is finite and NaN as soon as one element is
+    inf or NaN (``inf - inf`` is NaN). It compiles to a single reduction that
+    reads ``x`` once, while ``all(isfinite(x))`` writes a boolean array the
+    size of ``x`` first, and ``sum(x * 0)`` makes XLA's CPU reduction kernels
+    write out an array of zeros the size of ``x``. Integer leaves are always
+    finite and are not read.
     """
     leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
-    sums = [jnp.sum(x * jnp.zeros((), x.dtype)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    sums = [jnp.sum(x - x) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
     if not sums:
         return jnp.asarray(True)
     return jnp.isfinite(sum(sums[1:], sums[0]))
+
+
+def scaled_updates_finite(raw: Any, scales: Any) -> jax.Array:
+    """True when every ``u * s`` (``raw`` leaf times its scalar scale) is finite, without forming ``u * s``.
+
+    ``max|u| * |s|`` is finite exactly when every product is (it is the largest
+    of them; NaN propagates through ``max``), so the check reads each update
+    once and the scaled update is only ever formed inside the loop that
+    applies it.
+    """
+    bounds = [jnp.max(jnp.abs(u)) * jnp.abs(s) for u, s in zip(jax.tree.leaves(raw), jax.tree.leaves(scales))
+              if jnp.size(u)]
+    if not bounds:
+        return jnp.asarray(True)
+    return jnp.isfinite(jnp.max(jnp.stack(bounds)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,8 +295,8 @@ class LearnedOptimizer(abc.ABC):
         True exactly when every scaled update is finite.
         """
         raw, new_inner = self.compute_update(meta_params, state, grads, params, loss)
-        raw = jax.tree.map(lambda u, s: u * s, raw, state.scales)
-        return raw, new_inner, tree_all_finite(raw)
+        ok = scaled_updates_finite(raw, state.scales)
+        return jax.tree.map(lambda u, s: u * s, raw, state.scales), new_inner, ok
 
     def commit_inner(self, meta_params: MetaParams, state: OptState, grads: Params, new_inner: Any,
                      ok: jax.Array) -> Any:
@@ -300,7 +315,15 @@ class LearnedOptimizer(abc.ABC):
         if not self.moment_keys:
             return tree_all_finite(new_inner)
         others = {k: v for k, v in new_inner.items() if k not in self.moment_keys}
-        return gradients_bounded(grads) & tree_all_finite(others)
+        return self.moments_finite(grads) & tree_all_finite(others)
+
+    def moments_finite(self, grads: Params) -> jax.Array:
+        """True when these gradients keep the ``moment_keys`` accumulators finite (given finite old ones).
+
+        Default: every element finite and at most ``MAX_GRADIENT``. An
+        architecture that clips gradients before averaging them overrides it.
+        """
+        return gradients_bounded(grads)
 
     def init(
         self,

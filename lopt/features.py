@@ -62,6 +62,11 @@ def guarded_ema(old: jax.Array, new: jax.Array, decay: jax.Array, ok: jax.Array)
     return jnp.where(ok, ema(old, jnp.where(ok, new, 0.0), decay), old)
 
 
+def guarded_ema_tree(old: Any, new: Any, decay: jax.Array, ok: jax.Array) -> Any:
+    """:func:`guarded_ema` leaf by leaf over two pytrees of one structure."""
+    return jax.tree.map(lambda o, n: guarded_ema(o, n, decay, ok), old, new)
+
+
 def bias_correction(decay: jax.Array, step: jax.Array) -> jax.Array:
     """``1 / (1 - decay**t)`` for the ``t = step + 1``-th update (Adam's correction).
 

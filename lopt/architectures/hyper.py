@@ -199,6 +199,11 @@ class Hyper(LearnedOptimizer):
             },
         }
 
+    def moments_finite(self, grads: Params) -> jax.Array:
+        """Its moments average the *clipped* gradient: any finite or infinite gradient is safe, NaN is not."""
+        maxes = [jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads) if jnp.size(g)]
+        return ~jnp.isnan(jnp.max(jnp.stack(maxes))) if maxes else jnp.asarray(True)
+
     # ------------------------------------------------------------ state
     def init_inner(self, meta_params: MetaParams, params: Params) -> Any:
         del meta_params

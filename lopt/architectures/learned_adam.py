@@ -67,6 +67,16 @@ class LearnedAdam(LearnedOptimizer):
         k1, k2 = meta_params["decay"][0], meta_params["decay"][1]
         return jnp.exp(meta_params["log_lr"] + k1 * f + k2 * f * f) * warmup
 
+    def commit_inner(self, meta_params, state: OptState, grads, new_inner, ok):
+        """Both moments recomputed with the skip folded in: one pass each (see the base class)."""
+        del new_inner
+        b1 = jax.nn.sigmoid(meta_params["beta1_logit"])
+        b2 = jax.nn.sigmoid(meta_params["beta2_logit"])
+        return {
+            "m": ft.guarded_ema_tree(state.inner["m"], grads, b1, ok),
+            "v": ft.guarded_ema_tree(state.inner["v"], jax.tree.map(jnp.square, grads), b2, ok),
+        }
+
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
         del params, loss
         b1 = jax.nn.sigmoid(meta_params["beta1_logit"])

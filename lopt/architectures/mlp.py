@@ -56,6 +56,12 @@ class MLPOpt(LearnedOptimizer):
         del meta_params
         return {"m": [jax.tree.map(ft.zeros_like_param, params) for _ in self.decays]}
 
+    def commit_inner(self, meta_params, state: OptState, grads, new_inner, ok):
+        """The momenta recomputed with the skip folded in: one pass each (see the base class)."""
+        del meta_params, new_inner
+        decays = jnp.asarray(self.decays, jnp.float32)
+        return {"m": [ft.guarded_ema_tree(m, grads, decays[i], ok) for i, m in enumerate(state.inner["m"])]}
+
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
         del loss
         mp = meta_params
@@ -66,7 +72,7 @@ class MLPOpt(LearnedOptimizer):
         k = len(self.decays)
 
         def leaf(g, p, *ms):
-            ms = [decays[i] * m + (1.0 - decays[i]) * g for i, m in enumerate(ms)]
+            ms = [ft.ema(m, g, decays[i]) for i, m in enumerate(ms)]
             raw = [g, p, *ms]
             x = jnp.stack([ft.tensor_normalize(f) for f in raw], axis=-1)
             h = jax.nn.relu(ft.dense_matmul(x, mp["layer1"]["w"], bias1))

@@ -35,7 +35,9 @@ parameter, Adam has 2).
 Speed: the per-parameter network is written with
 :func:`lopt.features.dense_elementwise`, so XLA fuses features, network and
 update into a few loops per tensor (two reductions per tensor: ``rms(a)`` and
-``rms(d)``).
+``rms(d)``). The non-finite guard reuses those reductions (see
+:meth:`NormedFC.checked_update`) and the accumulators are written once, with
+the skip folded in (:meth:`NormedFC.commit_inner`).
 """
 
 from __future__ import annotations
@@ -168,11 +170,8 @@ class NormedFC(LearnedOptimizer):
         beta_m = jax.nn.sigmoid(meta_params["decays"]["momentum_logits"])
         beta_v = jax.nn.sigmoid(meta_params["decays"]["second_moment_logit"])
         inner = state.inner
-        ms = tuple(
-            jax.tree.map(lambda m, g, b=beta_m[i]: ft.guarded_ema(m, g, b, ok), inner["m"][i], grads)
-            for i in range(len(self.momentum_decays))
-        )
-        v = jax.tree.map(lambda v, g: ft.guarded_ema(v, jnp.square(g), beta_v, ok), inner["v"], grads)
+        ms = tuple(ft.guarded_ema_tree(m, grads, beta_m[i], ok) for i, m in enumerate(inner["m"]))
+        v = ft.guarded_ema_tree(inner["v"], jax.tree.map(jnp.square, grads), beta_v, ok)
         return {"m": ms, "v": v, "loss_mean": jnp.where(ok, new_inner["loss_mean"], inner["loss_mean"])}
 
     def _update(self, meta_params, state: OptState, grads, params, loss):

@@ -182,11 +182,8 @@ class SmallFC(LearnedOptimizer):
         beta_m = jax.nn.sigmoid(decays["momentum_logits"])
         beta_v = jax.nn.sigmoid(decays["second_moment_logit"])
         inner = state.inner
-        ms = [
-            jax.tree.map(lambda m, g, b=beta_m[i]: ft.guarded_ema(m, g, b, ok), inner["m"][i], grads)
-            for i in range(len(self.momentum_decays))
-        ]
-        v = jax.tree.map(lambda v, g: ft.guarded_ema(v, jnp.square(g) + ft.TINY, beta_v, ok), inner["v"], grads)
+        ms = [ft.guarded_ema_tree(m, grads, beta_m[i], ok) for i, m in enumerate(inner["m"])]
+        v = ft.guarded_ema_tree(inner["v"], jax.tree.map(lambda g: jnp.square(g) + ft.TINY, grads), beta_v, ok)
         keep = lambda key: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_inner[key], inner[key])  # noqa: E731
         return {"m": ms, "v": v, "row": keep("row"), "col": keep("col"), "loss_mean": keep("loss_mean")}
 
