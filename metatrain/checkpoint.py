@@ -142,8 +142,12 @@ def latest_info(directory: str | Path) -> dict | None:
     return None
 
 
-def restore(path: str | Path, template: Any) -> tuple[Any, dict]:
-    """Load the checkpoint at ``path`` into the structure of ``template``."""
+def restore(path: str | Path, template: Any, partial: bool = False) -> tuple[Any, dict]:
+    """Load the checkpoint at ``path`` into the structure of ``template``.
+
+    ``partial=True`` reads only the arrays ``template`` names (e.g.
+    ``{"meta_params": ...}`` out of a whole trainer state) and ignores the rest.
+    """
     arrays, info = _read(Path(path))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     out = []
@@ -160,7 +164,7 @@ def restore(path: str | Path, template: Any) -> tuple[Any, dict]:
                 "it was written by a different configuration"
             )
         out.append(arr)
-    if len(arrays) != len(leaves):
+    if not partial and len(arrays) != len(leaves):
         raise CheckpointError(f"checkpoint {path} has extra arrays: it was written by a different configuration")
     return jax.tree_util.tree_unflatten(treedef, out), info
 

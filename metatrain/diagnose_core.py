@@ -122,7 +122,7 @@ class EpisodeObjective:
         states = u.init_state(meta_params, k_init)  # differentiated: the init may depend on meta_params
         alive = tuple(jnp.ones((g.num_tasks,), bool) for g in u.groups)
 
-        @jax.checkpoint
+        @functools.partial(jax.checkpoint, prevent_cse=False)  # safe inside scan, and faster to run
         def chunk(mp, states, k, data):
             return u.unroll(mp, None, states, k, data)
 
@@ -176,10 +176,31 @@ def _reference_es_pairs(objective: "EpisodeObjective", std: float, meta_params, 
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def _init_groups(unroller: Unroller, meta_params, keys):
+    return jax.vmap(lambda k: unroller.init_state(meta_params, k))(keys)
+
+
 def _init_chains(est: Any, meta_params, keys):
-    return jax.vmap(lambda k: est.init(meta_params, k))(keys)
+    """``est.init`` on each chain, from one compile shared by pes, es and backprop.
+
+    Their unrollers differ at most in ``num_branches``; branches start equal
+    (the same task params and optimizer state), so backprop's one branch is the
+    first of the two. The rest of the state (PES's accumulators) starts at zero.
+    """
+    shape = jax.eval_shape(lambda: jax.vmap(lambda k: est.init(meta_params, k))(keys))
+    if not shape.groups:  # full_es keeps no state
+        return jax.vmap(lambda k: est.init(meta_params, k))(keys)
+    u = est.unroller
+    groups = _init_groups(dataclasses.replace(u, num_branches=2), meta_params, keys)
+    if u.num_branches != 2:  # leaves of branches are (chains, tasks, branches, ...)
+        nb = u.num_branches
+        groups = tuple(g.replace(branches=jax.tree.map(lambda x: x[:, :, :nb], g.branches)) for g in groups)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shape.accum)
+    return shape.replace(groups=groups, accum=zeros)
 
 
+# One vmapped step per call: a lax.scan over steps (one call per block) measured 9x slower per
+# estimate and 2x longer to compile on the 2-core CPU (nested loops copy the inner states).
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _step_chains(est: Any, meta_params, states, keys, data):
     def one(state, k):
@@ -187,6 +208,17 @@ def _step_chains(est: Any, meta_params, states, keys, data):
         return _flat(g), state, metrics["nonfinite_frac"]
 
     return jax.vmap(one)(states, keys)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _advance_chains(unroller: Unroller, meta_params, groups, keys, data):
+    """Backprop's burn-in without gradients: the same inner states its steps would leave, at forward cost.
+
+    Backprop's state is only the unperturbed inner state, advanced by
+    ``unroller.unroll(meta_params, None, state, key)`` inside its step with the
+    same key, so a forward-only unroll reproduces it exactly.
+    """
+    return jax.vmap(lambda g, k: unroller.unroll(meta_params, None, g, k, data)[0])(groups, keys)
 
 
 def _timed(fn, *args):
@@ -203,11 +235,34 @@ def _memory_bytes(compiled) -> float | None:
         return None
 
 
+def reference_cosine(grads: np.ndarray) -> float:
+    """Expected cosine of the mean of ``grads`` (k, d) with their expectation (noise-corrected)."""
+    k = len(grads)
+    if not np.all(np.isfinite(grads)):
+        return math.nan
+    if k < 2:
+        return 0.0
+    m = grads.mean(axis=0).astype(np.float64)
+    n2 = float(m @ m)
+    noise = float(np.sum(np.var(grads.astype(np.float64), axis=0, ddof=1))) / k
+    return math.sqrt(max(n2 - noise, 0.0) / n2) if n2 > 0 else 0.0
+
+
+def more_within(budget_s: float, spent: float, last: float, done: int, least: int = 2) -> bool:
+    """Whether one more sample fits: always below ``least`` samples, else if it ends within the budget."""
+    return budget_s <= 0 or done < least or spent + last <= budget_s
+
+
 def reference_backprop(objective: EpisodeObjective, meta_params, data, key, num_samples: int, tick=None,
-                       max_bytes: float | None = None) -> Samples | None:
+                       max_bytes: float | None = None, budget_s: float = 0.0, max_samples: int = 0,
+                       until_cosine: float = 0.99) -> Samples | None:
     """Exact full-episode gradients, one per sample (all tasks of the config); None if over ``max_bytes``.
 
     Compiled ahead of time so that its memory need is known before it runs.
+    Stops before ``num_samples`` (never below 2) once the next one would pass
+    ``budget_s``; past ``num_samples`` it goes on, up to ``max_samples`` and
+    within the budget, while the mean's expected cosine with the true gradient
+    is below ``until_cosine`` (tasks differ: on cheap configs a few samples are noisy).
     """
     t0 = time.perf_counter()
     compiled = _reference_grad.lower(objective, meta_params, key, data).compile()
@@ -215,8 +270,12 @@ def reference_backprop(objective: EpisodeObjective, meta_params, data, key, num_
     need = _memory_bytes(compiled)
     if max_bytes is not None and need is not None and need > max_bytes:
         return None
-    out, spent = [], 0.0
-    for i in range(num_samples):
+    out, spent, dt = [], 0.0, 0.0
+    for i in range(max_samples or num_samples):
+        if not more_within(budget_s, spent, dt, i):
+            break
+        if i >= num_samples and not reference_cosine(np.stack(out)) < until_cosine:
+            break  # more than num_samples only while the mean is noisy (never when non-finite)
         g, dt = _timed(compiled, meta_params, jax.random.fold_in(key, i), data)
         out.append(np.asarray(g))
         spent += dt
@@ -224,25 +283,33 @@ def reference_backprop(objective: EpisodeObjective, meta_params, data, key, num_
             tick()
     u = objective.unroller
     steps = u.schedule.longest * u.num_tasks
-    return Samples(np.stack(out)[None], spent / num_samples, compile_s, steps, {"memory_bytes": need})
+    return Samples(np.stack(out)[None], spent / len(out), compile_s, steps,
+                   {"memory_bytes": need, "requested": num_samples})
 
 
 def reference_es(objective: EpisodeObjective, meta_params, data, key, num_samples: int, std: float,
-                 pairs_per_call: int = 4, tick=None) -> Samples:
-    """Antithetic full-episode ES on the objective: ``num_samples`` pairs (common random numbers)."""
+                 pairs_per_call: int = 4, tick=None, budget_s: float = 0.0) -> Samples:
+    """Antithetic full-episode ES on the objective: ``num_samples`` pairs (common random numbers).
+
+    Stops early (never below 2 calls) once the next call would pass ``budget_s`` of sampling.
+    """
     calls = -(-num_samples // pairs_per_call)
     out, times = [], []
     for i in range(calls):
+        # the first call includes the compile: budget on the later ones' time
+        if i >= 2 and not more_within(budget_s, float(np.sum(times[1:])), times[-1], i):
+            break
         keys = jax.random.split(jax.random.fold_in(key, i), pairs_per_call)
         g, dt = _timed(_reference_es_pairs, objective, float(std), meta_params, keys, data)
         out.append(np.asarray(g))
         times.append(dt)
         if tick:
             tick()
-    per_call = float(np.mean(times[1:])) if calls > 1 else times[0]
+    per_call = float(np.mean(times[1:])) if len(times) > 1 else times[0]
     u = objective.unroller
     steps = u.schedule.longest * u.num_tasks * 2
-    return Samples(np.concatenate(out)[:num_samples][None], per_call / pairs_per_call, max(0.0, times[0] - per_call), steps)
+    return Samples(np.concatenate(out)[:num_samples][None], per_call / pairs_per_call, max(0.0, times[0] - per_call),
+                   steps, {"requested": num_samples})
 
 
 def burn_in_steps(est: Any) -> int:
@@ -254,38 +321,55 @@ def burn_in_steps(est: Any) -> int:
 
 
 def sample_estimator(est: Any, meta_params, data, key, num_samples: int, chains: int = 2,
-                     burn_in: int | None = None, tick=None) -> Samples:
+                     burn_in: int | None = None, tick=None, budget_s: float = 0.0) -> Samples:
     """``num_samples`` consecutive estimates on each of ``chains`` independent chains, after a burn-in.
 
     One estimate is one ``est.step`` call (all the config's tasks), exactly
     what one meta-training step receives; meta-parameters are held fixed.
-    The first call's extra time is reported as compile time.
+    Steps go through the module-level jits (equal estimators share a compile);
+    compile time is a first call's excess over the steady time per call.
+    Backprop burns in with a forward-only unroll (exactly the states its
+    steps would leave). full_es stops early, never below 2
+    samples, once the next estimate would pass ``budget_s`` of sampling.
     """
     burn = burn_in_steps(est) if burn_in is None else burn_in
     k_init, k_run = jax.random.split(key)
     state = _init_chains(est, meta_params, jax.random.split(k_init, chains))
     keys = lambda i: jax.random.split(jax.random.fold_in(k_run, i), chains)
-    first = None
+    # Called through jit (not ahead of time) so that equal estimators share one compile across calls
+    # (tests, sweeps); a first call's extra time over the steady per-call time is its compile time.
+    forward = burn and isinstance(est, ESTIMATORS["backprop"])
+    adv_times, first = [], None
     for i in range(burn):
-        (_, state, _), dt = _timed(_step_chains, est, meta_params, state, keys(i), data)
-        first = dt if first is None else first
+        if forward:
+            groups, dt = _timed(_advance_chains, est.unroller, meta_params, state.groups, keys(i), data)
+            state = state.replace(groups=groups)
+            adv_times.append(dt)
+        else:
+            (_, state, _), dt = _timed(_step_chains, est, meta_params, state, keys(i), data)
+            first = dt if first is None else first
         if tick:
             tick()
+    capped = isinstance(est, ESTIMATORS["full_es"])
     out, nonfinite, times = [], [], []
     for i in range(num_samples):
+        if capped and not more_within(budget_s, float(np.sum(times[1:])), times[-1] if times else 0.0, i):
+            break
         (g, state, nf), dt = _timed(_step_chains, est, meta_params, state, keys(burn + i), data)
-        first = dt if first is None else first
         out.append(np.asarray(g))
         nonfinite.append(float(np.mean(nf)))
         times.append(dt)
         if tick:
             tick()
     per_call = float(np.median(times[1:] if len(times) > 1 else times))
-    grads = np.stack(out, axis=1)  # (chains, steps, d)
+    compile_s = max(0.0, (times[0] if first is None else first) - per_call)
+    if forward:
+        compile_s += max(0.0, adv_times[0] - float(np.median(adv_times[1:] if len(adv_times) > 1 else adv_times)))
     return Samples(
-        grads,
+        np.stack(out, axis=1),  # (chains, steps, d)
         per_call / chains,
-        max(0.0, first - per_call),
+        compile_s,
         inner_steps_per_estimate(est),
-        {"burn_in": burn, "chains": chains, "inner_nonfinite_frac": float(np.mean(nonfinite))},
+        {"burn_in": burn, "chains": chains, "inner_nonfinite_frac": float(np.mean(nonfinite)),
+         "requested": num_samples},
     )

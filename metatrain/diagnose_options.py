@@ -44,7 +44,7 @@ _APPLIES = {
 
 @dataclasses.dataclass(frozen=True)
 class DiagnoseOptions:
-    """How much to sample. Defaults fit a 2-core CPU in ~5 minutes on the shipped configs."""
+    """How much to sample. Defaults aim at ~5 minutes on a 2-core CPU for the shipped configs (BENCHMARKS.md)."""
 
     estimators: tuple[str, ...] = ("pes", "es", "full_es", "backprop")
     target_cosine: float = 0.5
@@ -56,6 +56,10 @@ class DiagnoseOptions:
     reference_es_samples: int = 64  # antithetic pairs when the reference is ES
     max_memory_gb: float = 0.0  # backprop reference budget; 0 = half the available memory
     chunk: int = 0  # steps per checkpointed chunk of the reference; 0 = ~sqrt(episode)
+    # The expensive samplers (the reference and full_es: whole episodes each) stop early, at
+    # no fewer than 2 samples, once their next sample would pass this many seconds of sampling
+    # (compiles not counted): what keeps a 2,000-4,000-step config within minutes. 0 = no cap.
+    sample_budget_s: float = 45.0
     seed: int = 0
     sweeps: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     sweep_estimators: tuple[str, ...] = ()  # estimators the sweeps measure; () = all of ``estimators``
@@ -66,6 +70,8 @@ class DiagnoseOptions:
             raise _error(f"--estimators: unknown {bad[0] if bad else '(none)'!r}; valid: {', '.join(KINDS)}")
         if self.reference not in ("auto", "backprop", "es"):
             raise _error(f"--reference {self.reference!r}; valid: auto, backprop, es")
+        if not self.sample_budget_s >= 0.0:
+            raise _error(f"--sample-budget-s must be >= 0 (0: no cap), got {self.sample_budget_s}")
         if not 0.0 < self.target_cosine < 1.0:
             raise _error(f"--target-cosine must be in (0, 1), got {self.target_cosine}")
         for name in ("samples", "chains", "full_es_samples", "reference_samples", "reference_es_samples"):

@@ -35,6 +35,11 @@ def _num(x: Any, fmt: str = "{:.3g}") -> str:
     return fmt.format(x)
 
 
+def _point(r: dict) -> str:
+    """The bias cosine; an unresolved mean (smaller than its own noise) has no point estimate, only its interval."""
+    return f"{r['cosine']:.2f}" if r.get("mean_resolved", True) else "unresolved"
+
+
 def _table(rows: list[dict], target: float, first: str = "estimator") -> list[str]:
     head = (
         f"| {first} | trunc | std | bias cosine [90% CI] | rel. error | per-sample var | autocorr | "
@@ -49,7 +54,7 @@ def _table(rows: list[dict], target: float, first: str = "estimator") -> list[st
         lo, hi = r["cosine_ci90"]
         lines.append(
             f"| {name} | {r['truncation_length']} | {_num(r['std'], '{:g}') if r['std'] is not None else '-'} | "
-            f"{r['cosine']:.2f}{'' if r.get('mean_resolved', True) else ' (unresolved)'} [{lo:.2f}, {hi:.2f}] | "
+            f"{_point(r)} [{lo:.2f}, {hi:.2f}] | "
             f"{r['rel_error']:.2f} | {r['variance']:.3g} | "
             f"{r['autocorr_time']:.1f} | {_num(r['samples_to_target'])} | {r['seconds_per_estimate']:.3g} | "
             f"{r['inner_steps_per_estimate']:,} | **{_num(r['seconds_to_target'])}** |"
@@ -70,10 +75,17 @@ def markdown(result: dict) -> str:
         f"Objective: full episodes ({episode}, mean {obj['expected_episode_length']:.0f}), "
         f"meta-loss `{obj['meta_loss']}`/`{obj['loss_transform']}`, {obj['num_tasks']} tasks per estimate.",
         f"Machine: {mach['cpu_count']} CPUs, load average {mach['load_average_1_5_15']}, jax {mach['jax']}, "
-        f"{mach['date_utc']} UTC; {result['wall_seconds']:.0f} s in all.",
+        f"{mach['date_utc']} UTC; {result['wall_seconds']:.0f} s in all"
+        + (f" ({result['cpu_seconds']:.0f} s of CPU, {result['compile_seconds']:.0f} s compiling)"
+           if "cpu_seconds" in result else "") + ".",
         "",
-        f"Reference: full-episode **{ref['method']}** ({ref['samples']} samples, "
-        f"{ref['seconds_per_sample']:.2f} s each){'; ' + ref['fallback_reason'] if ref['fallback_reason'] else ''}: "
+        f"Reference: full-episode **{ref['method']}** ({ref['samples']} samples"
+        + (f" of {ref['requested_samples']} requested, capped by --sample-budget-s {opt.get('sample_budget_s', 0):g}"
+           if (ref.get("requested_samples") or 0) > ref["samples"] else "")
+        + (f" (more than the {ref['requested_samples']} requested while its mean was noisy)"
+           if 0 < (ref.get("requested_samples") or 0) < ref["samples"] else "")
+        + f", {ref['seconds_per_sample']:.2f} s each"
+        + f"){'; ' + ref['fallback_reason'] if ref['fallback_reason'] else ''}: "
         f"expected cosine with the true gradient {ref['expected_cosine_to_truth']:.3f}"
         + (f", split-half cosine {ref['split_half_cosine']:.3f}" if "split_half_cosine" in ref else "")
         + ".",
@@ -97,7 +109,7 @@ def markdown(result: dict) -> str:
         "Bias cosine: of the estimator's mean with the reference (noise-corrected; 1 = unbiased). "
         f"Samples to cos {target:g}: independent estimates whose mean reaches it; consecutive meta-steps of a "
         "stateful estimator need `autocorr` times more. s to cos: samples x seconds per estimate (cost of one unit of signal). "
-        "(unresolved): the mean is smaller than its own noise, so only the interval (block bootstrap) is informative.",
+        "unresolved: the mean is smaller than its own noise, so only the interval (block bootstrap) is informative.",
     ]
     notes = [r["note"] for r in result["results"] if r.get("note")]
     out += [f"Note: {n}." for n in dict.fromkeys(notes)]

@@ -50,19 +50,19 @@ def load_meta_params(config: TrainConfig, arch: Any, from_dir: str | None) -> tu
         return build.overlay_meta_params(fresh, warm), f"optimizer.init_from {config.optimizer.init_from}"
     from lopt.metatrain import checkpoint
 
-    found = checkpoint.list_checkpoints(from_dir)
-    if found:
-        step, path = found[-1]
-        arrays, _ = checkpoint._read(path)  # the checkpoint format's reader (checks the format)
-        leaves, treedef = jax.tree_util.tree_flatten_with_path({"meta_params": fresh})
-        out = []
-        for key_path, ref in leaves:
-            k = jax.tree_util.keystr(key_path)
-            if k not in arrays or np.shape(arrays[k]) != np.shape(ref):
-                raise ConfigError(f"--from {from_dir}: checkpoint {path.name} has no {k} of shape {np.shape(ref)}: "
-                                  "it was written for another architecture than the config's")
-            out.append(np.asarray(arrays[k], np.float32))
-        return jax.tree_util.tree_unflatten(treedef, out)["meta_params"], f"checkpoint {path} (outer step {step})"
+    if not Path(from_dir).is_dir():
+        raise ConfigError(f"--from {from_dir}: no such run directory")
+    damaged = []
+    for step, path in reversed(checkpoint.list_checkpoints(from_dir)):
+        try:  # only the meta-parameters of the trainer's state (its public partial restore)
+            state, _ = checkpoint.restore(path, {"meta_params": fresh}, partial=True)
+        except checkpoint.CorruptCheckpoint as err:
+            damaged.append(str(err))
+            continue
+        except checkpoint.CheckpointError as err:
+            raise ConfigError(f"--from {from_dir}: {err} (the config builds another architecture)") from None
+        note = f"; skipped damaged: {'; '.join(damaged)}" if damaged else ""
+        return state["meta_params"], f"checkpoint {path} (outer step {step}){note}"
     exported = Path(from_dir) / "optimizer.safetensors"
     if exported.is_file():
         from lopt import load
@@ -71,6 +71,8 @@ def load_meta_params(config: TrainConfig, arch: Any, from_dir: str | None) -> tu
         if trained.arch != arch:
             raise ConfigError(f"--from {from_dir}: {exported} holds {trained.arch!r}, the config builds {arch!r}")
         return jax.tree.map(np.asarray, trained.meta_params), str(exported)
+    if damaged:
+        raise ConfigError(f"--from {from_dir}: every checkpoint is damaged ({'; '.join(damaged)})")
     raise ConfigError(f"--from {from_dir}: no checkpoint (ckpt_*.safetensors) or optimizer.safetensors there")
 
 
@@ -116,8 +118,11 @@ class _Progress:
         self.bar.close()
 
 
-def _calls(kind: str, est_burn: int, opt: DiagnoseOptions) -> int:
-    return opt.full_es_samples if kind == "full_es" else est_burn + opt.samples
+def _calls(est: Any, opt: DiagnoseOptions) -> int:
+    """Progress ticks of one estimator: one per call (burn-in and samples)."""
+    if isinstance(est, core.ESTIMATORS["full_es"]):
+        return opt.full_es_samples
+    return core.burn_in_steps(est) + opt.samples
 
 
 def _plan(base, settings, opt: DiagnoseOptions) -> list[dict]:
@@ -143,7 +148,7 @@ def diagnose(
     config_name: str = "",
 ) -> dict[str, Any]:
     """Measure every requested estimator against the full-episode reference; returns the report dict."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     arch = build.build_arch(config)
     base = build.build_unroller(dataclasses.replace(config, estimator=dataclasses.replace(config.estimator, kind="pes")), arch)
     e = config.estimator
@@ -162,18 +167,20 @@ def diagnose(
     for j in jobs:
         j["est"] = core.make_estimator(j["estimator"], j["unroller"], j["settings"])
     ref_calls = options.reference_samples if options.reference != "es" else -(-options.reference_es_samples // 4)
-    total = ref_calls + sum(_calls(j["estimator"], core.burn_in_steps(j["est"]), options) for j in jobs)
+    total = ref_calls + sum(_calls(j["est"], options) for j in jobs)
     bar = _Progress(total, progress)
     try:
         reference = _reference(objective, meta_params, data, key, settings, options, bar)
         ref_grads = reference.pop("grads")
-        rows, raw = [], {"reference": ref_grads}
+        # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
+        rows, raw = [], {"reference": ref_grads, "meta_params": np.asarray(core._flat(meta_params))[None]}
         for i, j in enumerate(jobs):
             what = j["estimator"] if j["sweep"] is None else f"{j['estimator']} {j['sweep']}={j['value']}"
             bar.phase(f"{what} ({i + 1}/{len(jobs)})")
             n = options.full_es_samples if j["estimator"] == "full_es" else options.samples
             s = core.sample_estimator(j["est"], meta_params, data, jax.random.fold_in(key, 1000 + i), n,
-                                      chains=1 if j["estimator"] == "full_es" else options.chains, tick=bar.tick)
+                                      chains=1 if j["estimator"] == "full_es" else options.chains, tick=bar.tick,
+                                      budget_s=options.sample_budget_s)
             rows.append(_row(j, s, ref_grads, options))
             raw[f"{i:02d}_{j['estimator']}" + (f"_{j['sweep']}={j['value']}" if j["sweep"] else "")] = s.grads
     finally:
@@ -202,6 +209,8 @@ def diagnose(
     result["best_truncation_length"] = best_setting(result["sweeps"], "truncation_length")
     result["best_std"] = best_setting(result["sweeps"], "std")
     result["wall_seconds"] = time.perf_counter() - t_start
+    result["cpu_seconds"] = time.process_time() - cpu_start  # all threads; next to the load, says how shared the CPU was
+    result["compile_seconds"] = reference["compile_seconds"] + sum(r["compile_seconds"] for r in rows)
     return result
 
 
@@ -212,14 +221,21 @@ def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions
     if opt.reference in ("auto", "backprop"):
         bar.phase("reference: full-episode backprop")
         samples = core.reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
-                                          max_bytes=budget if opt.reference == "auto" else None)
+                                          max_bytes=budget if opt.reference == "auto" else None,
+                                          budget_s=opt.sample_budget_s, max_samples=16 * opt.reference_samples)
         if samples is None:
             why = f"backprop through the episode needs more than {budget / 1e9:.1f} GB"
+        elif opt.reference == "auto" and np.sum(np.all(np.isfinite(samples.grads[0]), axis=1)) < 2:
+            bad = int(np.sum(~np.all(np.isfinite(samples.grads[0]), axis=1)))
+            why = (f"backprop through the episode gave non-finite gradients in {bad} of {len(samples.grads[0])} "
+                   "samples (exploding or undefined derivatives through the unroll)")
+            samples = None
     if samples is None:
         method = "es"
         bar.phase("reference: full-episode antithetic ES")
         bar.bar.total += -(-opt.reference_es_samples // 4) - (opt.reference_samples if opt.reference == "auto" else 0)
-        samples = core.reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std, tick=bar.tick)
+        samples = core.reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std,
+                                    tick=bar.tick, budget_s=opt.sample_budget_s)
     grads = samples.grads[0]
     finite = np.all(np.isfinite(grads), axis=1)
     if np.sum(finite) < 2:
@@ -237,6 +253,7 @@ def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions
         "memory_bytes": samples.extra.get("memory_bytes"),
         "chunk": objective.unroller.truncation_length,
         "nonfinite_samples": int(np.sum(~finite)),
+        "requested_samples": samples.extra.get("requested"),
         "grads": grads,
     }
 
@@ -259,9 +276,16 @@ def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions
         **s.extra,
         **res,
     }
+    notes = []
     if job["estimator"] == "full_es" and u.schedule != job["unroller"].schedule:
-        row["note"] = (f"full_es runs constant episodes of {u.schedule.length} steps (unroll.episode_length), "
-                       "not the config's episode distribution")
+        notes.append(f"full_es runs constant episodes of {u.schedule.length} steps (unroll.episode_length), "
+                     "not the config's episode distribution")
+    drawn, asked = s.grads.shape[1], s.extra.get("requested", s.grads.shape[1])
+    if drawn < asked:
+        notes.append(f"{job['estimator']}: {drawn} of {asked} samples drawn (capped by --sample-budget-s "
+                     f"{opt.sample_budget_s:g}: whole episodes are expensive here), so its interval is wider")
+    if notes:
+        row["note"] = "; ".join(notes)
     return row
 
 

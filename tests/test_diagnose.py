@@ -229,6 +229,17 @@ def test_samples_to_cosine_formula():
     assert stats.samples_to_cosine(0.3, 1.0, 1.0, 0.5) == math.inf
 
 
+def test_budget_caps_and_reference_noise():
+    # at least 2 samples whatever the budget; then only while the next one ends within it; 0 = no cap
+    assert core.more_within(10.0, 50.0, 30.0, 1)
+    assert not core.more_within(45.0, 40.0, 10.0, 3) and core.more_within(45.0, 30.0, 10.0, 3)
+    assert core.more_within(0.0, 1e9, 1e9, 100)
+    rng = np.random.default_rng(0)
+    assert core.reference_cosine(1.0 + 1e-3 * rng.standard_normal((4, 8))) > 0.999
+    assert core.reference_cosine(rng.standard_normal((4, 8))) < 0.9  # pure noise: far from its expectation
+    assert math.isnan(core.reference_cosine(np.full((3, 8), np.nan)))  # never "good enough" when non-finite
+
+
 def test_compare_recovers_a_known_bias():
     rng = np.random.default_rng(0)
     truth = np.array([1.0, 0.0, 0.0, 0.0])

@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt import features as ft
-from lopt.base import LearnedOptimizer, OptimizerError, OptState
+from lopt.base import LearnedOptimizer, OptimizerError, OptState, tree_all_finite
 
 NUM_FEATURES = 9  # see module docstring; index 5 is m[0] * rsqrt(v_factored)
 LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
@@ -270,7 +270,7 @@ class SmallFC(LearnedOptimizer):
         update = step(*_network(mp, feats, c["bias1"], first=0))
         if self.centered:  # minus the update the same network makes with no gradient information
             update = update - step(*_network(mp, [p], c["bias1"], first=NUM_FEATURES - 1))
-        return update, ms, v, fac, jnp.all(jnp.isfinite(update))
+        return update, ms, v, fac, tree_all_finite(update)
 
 
 def _network(mp: dict, feats: list, bias1: jax.Array, first: int) -> tuple[jax.Array, jax.Array]:
