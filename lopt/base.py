@@ -33,8 +33,10 @@ of its square (or of row/column means of the square). Those stay finite
 whenever the old ones are finite and every gradient element is at most
 ``MAX_GRADIENT`` in magnitude (its square, summed over any row, fits in
 float32), so for them the guard checks the gradients instead: one reduction
-over each gradient leaf, and the choice between new and old fuses into the
-loop that computes the new value. Every other accumulator is checked exactly.
+over each gradient leaf. An architecture that also recomputes them in
+:meth:`LearnedOptimizer.commit_inner` folds the choice between new and old
+into the loop that writes the new value, so the guard adds no pass over them.
+Every other accumulator is checked exactly.
 """
 
 from __future__ import annotations
