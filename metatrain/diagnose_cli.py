@@ -143,7 +143,11 @@ def config_from_args(args: argparse.Namespace):
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")
             key, text = item.split("=", 1)
-            set_dotted(raw, key.strip(), yaml_load(text), "override ")
+            try:
+                value = yaml_load(text)
+            except Exception:  # yaml.YAMLError (yaml is imported by the config module)
+                raise ConfigError(f"override {key}: value {text!r} is not valid YAML") from None
+            set_dotted(raw, key.strip(), value, "override ")
         config = from_dict(type(config), raw)
         check(config)
     stage = recipe.stages[index]
