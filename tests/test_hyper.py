@@ -162,3 +162,19 @@ def test_file_round_trip(tmp_path):
     u_file, _ = UPDATE(meta, INIT(meta, PARAMS, NUM_STEPS), GRADS, PARAMS, 1.0)
     u_mem, _ = UPDATE(META, INIT(META, PARAMS, NUM_STEPS), GRADS, PARAMS, 1.0)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), u_file, u_mem))
+
+
+def test_meta_gradient_is_finite_at_zero_parameters_and_gradients():
+    """Backprop through a step where a bias and a gradient are exactly zero (the diagnose reference's case)."""
+    params = {"w": jnp.ones((4, 3)) * 0.1, "b": jnp.zeros(3)}
+    grads = {"w": jnp.full((4, 3), 0.01), "b": jnp.zeros(3)}
+
+    def meta_loss(meta):
+        state = OPT.init(meta, params, NUM_STEPS)
+        u, state = OPT.update(meta, state, grads, params, 1.0)
+        u, _ = OPT.update(meta, state, grads, jax.tree.map(lambda p, d: p + d, params, u), 1.0)
+        return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(u))
+
+    g = jax.jit(jax.grad(meta_loss))(META)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+    assert any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(g))

@@ -89,8 +89,21 @@ def _mean(x: jax.Array, axes: tuple[int, ...] | None = None) -> jax.Array:
     return jnp.sum(x, axis=axes) / max(n, 1)
 
 
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(x)`` for ``x >= 0``, with derivative 0 instead of infinity at ``x == 0``.
+
+    A zero-initialized bias has ``mean(p * p) == 0``; backprop through a plain
+    square root there multiplies 0 by infinity, and one NaN poisons the whole
+    meta-gradient. The forward value is unchanged.
+    """
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
 def _normalized(x: jax.Array, mean_sq: jax.Array) -> jax.Array:
-    return x * jax.lax.rsqrt(mean_sq + _TINY)
+    """``x`` over its RMS; 0 where the RMS is 0, with a finite derivative there (see ``_safe_sqrt``)."""
+    positive = mean_sq > 0
+    return jnp.where(positive, x * jax.lax.rsqrt(jnp.where(positive, mean_sq, 1.0) + _TINY), 0.0)
 
 
 def _rank_one_hot(ndim: int) -> jax.Array:
@@ -289,7 +302,7 @@ class Hyper(LearnedOptimizer):
         v_hat = v / (1.0 - self.rms_decay ** (t + 1.0))
         rs_v = jax.lax.rsqrt(v_hat + _EPS_V)
         adam = [(m / corr[i]) * rs_v for i, m in enumerate(ms)]
-        sqrt_v = jnp.sqrt(v_hat)
+        sqrt_v = _safe_sqrt(v_hat)
 
         mean_adam = jnp.stack([_mean(a) for a in adam])
         var_adam = jnp.maximum(jnp.stack([_mean(a * a) for a in adam]) - mean_adam**2, 0.0)
@@ -303,7 +316,7 @@ class Hyper(LearnedOptimizer):
                 jnp.stack([
                     0.05 * jnp.log(mean_v + _EPS_V),  # 0.1 * log RMS of the gradient
                     spread_v,
-                    0.1 * jnp.log(jnp.sqrt(p_ms) + 1e-8),
+                    0.1 * jnp.log(_safe_sqrt(p_ms) + 1e-8),
                 ]),
             ]
         )
@@ -314,7 +327,7 @@ class Hyper(LearnedOptimizer):
         return {
             "m": ms,
             "v": v,
-            "p_rms": jnp.sqrt(p_ms),
+            "p_rms": _safe_sqrt(p_ms),
             "tensor_feats": tensor_feats,
             "rank": _rank_one_hot(p.ndim),
             "param_feats": param_feats,
