@@ -102,7 +102,8 @@ def main(args: argparse.Namespace) -> int:
     for r in result["ranking"]:
         secs = r["seconds_to_target"]
         shown = f"{secs:.3g} s" if secs is not None and math.isfinite(secs) else "never"
-        print(f"lopt diagnose: {r['estimator']:>8}: bias cosine {r['cosine']:.2f}, "
+        cos = "n/a (non-finite samples)" if r["cosine"] is None else f"{r['cosine']:.2f}"
+        print(f"lopt diagnose: {r['estimator']:>8}: bias cosine {cos}, "
               f"seconds to cosine {options.target_cosine:g}: {shown}")
     print(f"lopt diagnose: wrote {', '.join(str(p) for p in paths)}")
     return 0

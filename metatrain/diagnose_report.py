@@ -92,6 +92,11 @@ def markdown(result: dict) -> str:
         "",
     ]
     rank = result["ranking"]
+    if ref.get("expected_cosine_to_truth", 1.0) < 0.5:  # comparing with noise would rank noise
+        out += [f"**No ranking: the reference itself is noise** (its expected cosine with the true gradient is "
+                f"{ref['expected_cosine_to_truth']:.2f}); draw more reference samples (`--reference-es-samples`, "
+                "`--sample-budget-s`) or make backprop through the episode finite.", ""]
+        rank = []
     if rank:
         best = rank[0]
         if best["seconds_to_target"] is not None and math.isfinite(best["seconds_to_target"]):
