@@ -107,6 +107,16 @@ def test_moments_are_guarded_through_the_gradient_bound(name):
     assert int(skipped1) == 0 and bool(finite1)
 
 
+@pytest.mark.parametrize("name", architectures.names())
+def test_an_empty_leaf_never_skips_a_step(name):
+    arch = architectures.get(name)
+    tx = lopt.as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), 100)
+    p = {"w": jnp.ones((2, 3)), "empty": jnp.zeros((0,))}
+    g = {"w": jnp.full((2, 3), 0.1), "empty": jnp.zeros((0,))}
+    u, s = jax.jit(tx.update)(g, tx.init(p), p, value=1.0)
+    assert int(s.skipped) == 0 and int(s.step) == 1 and bool(jnp.all(u["w"] != 0))
+
+
 def test_gradients_bounded_catches_nan_inf_and_huge_values():
     from lopt.base import MAX_GRADIENT, gradients_bounded
 

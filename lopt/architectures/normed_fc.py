@@ -217,7 +217,8 @@ class NormedFC(LearnedOptimizer):
             rms_d = _rms(d)
             scale = s * lr_t * jnp.exp(log_mult) * rms_a / rms_d
             update = -(scale * d) - (s * lr_t * wd) * p
-            finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, s * lr_t * wd])).all()
+            # An empty leaf has NaN RMSs and no update: it must not skip the step.
+            finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, s * lr_t * wd])).all() if jnp.size(g) else True
             return (update, finite, v, *ms)
 
         v_leaves = state.inner["v"]
