@@ -189,16 +189,21 @@ def check_hparams(cls: type, hparams: Mapping[str, Any]) -> None:
 MAX_GRADIENT = 1e15
 
 
+def tree_max_abs(tree: Any) -> jax.Array:
+    """Largest ``|x|`` over every element of every leaf (0 for none), one reduction per leaf.
+
+    NaN propagates through ``max``, so a NaN anywhere makes the result NaN.
+    """
+    maxes = [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree) if jnp.size(x)]
+    return jnp.max(jnp.stack(maxes)) if maxes else jnp.zeros((), jnp.float32)
+
+
 def gradients_bounded(grads: Any) -> jax.Array:
     """True when every gradient element is finite and at most ``MAX_GRADIENT`` in magnitude.
 
-    One max-reduction per leaf; NaN propagates through ``max`` and fails the
-    comparison, so NaN and inf are caught by the same test.
+    NaN fails the comparison, so NaN and inf are caught by the same test.
     """
-    maxes = [jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads) if jnp.size(g)]
-    if not maxes:
-        return jnp.asarray(True)
-    return jnp.max(jnp.stack(maxes)) <= MAX_GRADIENT
+    return tree_max_abs(grads) <= MAX_GRADIENT
 
 
 def tree_all_finite(tree: Any) -> jax.Array:

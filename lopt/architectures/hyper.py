@@ -73,7 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt import features as ft
-from lopt.base import LearnedOptimizer, MetaParams, OptimizerError, OptState, Params
+from lopt.base import LearnedOptimizer, MetaParams, OptimizerError, OptState, Params, tree_max_abs
 
 _NUM_RANKS = 5  # one-hot classes for tensor rank: 0, 1, 2, 3, 4 or more
 _TINY = 1e-30
@@ -214,8 +214,7 @@ class Hyper(LearnedOptimizer):
 
     def moments_finite(self, grads: Params) -> jax.Array:
         """Its moments average the *clipped* gradient: any finite or infinite gradient is safe, NaN is not."""
-        maxes = [jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads) if jnp.size(g)]
-        return ~jnp.isnan(jnp.max(jnp.stack(maxes))) if maxes else jnp.asarray(True)
+        return ~jnp.isnan(tree_max_abs(grads))
 
     # ------------------------------------------------------------ state
     def init_inner(self, meta_params: MetaParams, params: Params) -> Any:
