@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -72,26 +73,34 @@ class CharTransformerLM(Task):
         }
 
     # ------------------------------------------------------------- model
+    # Keys each block's init draws; part of the task's definition (the split of the init key depends on it).
+    keys_per_block: ClassVar[int] = 4
+
     def init(self, key: jax.Array, hparams: HParams | None = None) -> Params:
         scale = self._hp(hparams)["init_scale"]
-        d, hidden = self.d_model, self.mlp_ratio * self.d_model
-        keys = iter(jax.random.split(key, 3 + 4 * self.num_layers))
+        d = self.d_model
+        keys = iter(jax.random.split(key, 3 + self.keys_per_block * self.num_layers))
         params = {
             "embed": layers.normal(next(keys), (VOCAB_SIZE, d)) * scale,
             "pos": 0.1 * layers.normal(next(keys), (self.seq_len, d)) * scale,
             "final_ln": layers.layer_norm_init(d),
-            "head": _scaled(layers.dense_init(next(keys), d, VOCAB_SIZE), scale),
+            "head": scaled_dense(layers.dense_init(next(keys), d, VOCAB_SIZE), scale),
         }
         for i in range(self.num_layers):
-            params[f"block_{i}"] = {
-                "ln1": layers.layer_norm_init(d),
-                "qkv": _scaled(layers.dense_init(next(keys), d, 3 * d), scale),
-                "out": _scaled(layers.dense_init(next(keys), d, d), scale),
-                "ln2": layers.layer_norm_init(d),
-                "mlp_in": _scaled(layers.dense_init(next(keys), d, hidden, 2.0), scale),
-                "mlp_out": _scaled(layers.dense_init(next(keys), hidden, d), scale),
-            }
+            params[f"block_{i}"] = self._block_init(keys, scale)
         return params
+
+    def _block_init(self, keys, scale: jax.Array) -> Params:
+        """One pre-LN block's parameters, drawing ``keys_per_block`` keys from the iterator ``keys``."""
+        d, hidden = self.d_model, self.mlp_ratio * self.d_model
+        return {
+            "ln1": layers.layer_norm_init(d),
+            "qkv": scaled_dense(layers.dense_init(next(keys), d, 3 * d), scale),
+            "out": scaled_dense(layers.dense_init(next(keys), d, d), scale),
+            "ln2": layers.layer_norm_init(d),
+            "mlp_in": scaled_dense(layers.dense_init(next(keys), d, hidden, 2.0), scale),
+            "mlp_out": scaled_dense(layers.dense_init(next(keys), hidden, d), scale),
+        }
 
     def apply(self, params: Params, inputs: jax.Array) -> jax.Array:
         """Logits ``[batch, seq, VOCAB_SIZE]`` for int token ids ``[batch, seq]``."""
@@ -157,6 +166,6 @@ class CharTransformerLM(Task):
         return mean_over_rows(fn, self.valid_windows(data), chunk)
 
 
-def _scaled(p: dict[str, jax.Array], scale: jax.Array) -> dict[str, jax.Array]:
+def scaled_dense(p: dict[str, jax.Array], scale: jax.Array) -> dict[str, jax.Array]:
     """Scale a dense layer's weight matrix (its bias stays zero)."""
     return {"w": p["w"] * scale, "b": p["b"]}

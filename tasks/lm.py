@@ -20,14 +20,14 @@ class learns, e.g. whole-split validation, they get too):
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from lopt.tasks import layers
-from lopt.tasks.base import Data, HParams, Params, TaskError
-from lopt.tasks.char_lm import CharTransformerLM
-from lopt.tasks.corpus import VOCAB_SIZE
+from lopt.tasks.base import Data, Params, TaskError
+from lopt.tasks.char_lm import CharTransformerLM, scaled_dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,25 +79,18 @@ class ConvLM(TransformerLM):
             f"{self.kernel} (receptive field {self.receptive_field}), seq {self.seq_len}, batch {self.batch_size}{tail}"
         )
 
-    def init(self, key: jax.Array, hparams: HParams | None = None) -> Params:
-        scale = self._hp(hparams)["init_scale"]
+    keys_per_block: ClassVar[int] = 3
+
+    def _block_init(self, keys, scale: jax.Array) -> Params:
+        """A causal conv block in place of attention: LN, dilated conv, LN, MLP."""
         d, hidden = self.d_model, self.mlp_ratio * self.d_model
-        keys = iter(jax.random.split(key, 3 + 3 * self.num_layers))
-        params = {
-            "embed": layers.normal(next(keys), (VOCAB_SIZE, d)) * scale,
-            "pos": 0.1 * layers.normal(next(keys), (self.seq_len, d)) * scale,
-            "final_ln": layers.layer_norm_init(d),
-            "head": _scaled(layers.dense_init(next(keys), d, VOCAB_SIZE), scale),
+        return {
+            "ln1": layers.layer_norm_init(d),
+            "conv": scaled_dense(layers.conv1d_init(next(keys), self.kernel, d, d, 2.0), scale),
+            "ln2": layers.layer_norm_init(d),
+            "mlp_in": scaled_dense(layers.dense_init(next(keys), d, hidden, 2.0), scale),
+            "mlp_out": scaled_dense(layers.dense_init(next(keys), hidden, d), scale),
         }
-        for i in range(self.num_layers):
-            params[f"block_{i}"] = {
-                "ln1": layers.layer_norm_init(d),
-                "conv": _scaled(layers.conv1d_init(next(keys), self.kernel, d, d, 2.0), scale),
-                "ln2": layers.layer_norm_init(d),
-                "mlp_in": _scaled(layers.dense_init(next(keys), d, hidden, 2.0), scale),
-                "mlp_out": _scaled(layers.dense_init(next(keys), hidden, d), scale),
-            }
-        return params
 
     def apply(self, params: Params, inputs: jax.Array) -> jax.Array:
         t = inputs.shape[1]
@@ -108,7 +101,3 @@ class ConvLM(TransformerLM):
             x = x + jax.nn.gelu(h)
             x = x + layers.dense(p["mlp_out"], jax.nn.gelu(layers.dense(p["mlp_in"], layers.layer_norm(p["ln2"], x))))
         return layers.dense(params["head"], layers.layer_norm(params["final_ln"], x))
-
-
-def _scaled(p: dict[str, jax.Array], scale: jax.Array) -> dict[str, jax.Array]:
-    return {"w": p["w"] * scale, "b": p["b"]}
