@@ -1,7 +1,7 @@
 """Bad inputs through the Python API: the non-finite guard, pytree checks, number parsing.
 
-The guard is tested for every registered architecture (``architectures.names()``,
-so a new one is covered without editing this file) on a 1-D and a scalar leaf:
+The guard is tested for every registered architecture (``tests/_archs.py``: new ones
+are covered without editing this file, plus state-changing options) on a 1-D and a scalar leaf:
 a gradient of 1e20 squares to inf in float32, and before the guard also looked
 at the accumulators such a step was applied with a zero update and froze that
 element forever.
@@ -23,6 +23,8 @@ from lopt import architectures
 from lopt.io import json_safe
 from lopt.metatrain.config import ConfigError, load_config, yaml_load
 
+from _archs import SPECS, build
+
 STEPS = 20
 PARAMS = {"w": jnp.ones((2, 3)), "b": jnp.ones(3), "s": jnp.ones(())}
 _RUNS: dict = {}
@@ -35,7 +37,7 @@ def _run(name: str, first: dict):
     and ``skipped`` at the end.
     """
     if name not in _RUNS:
-        arch = architectures.get(name)
+        arch = build(name)
         tx = lopt.as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), 100)
 
         def run(params, grads):
@@ -66,14 +68,14 @@ def _equal(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("name", architectures.names())
+@pytest.mark.parametrize("name", SPECS)
 def test_a_nan_gradient_is_skipped(name):
     (p1, skipped1, step1, _), final, skipped = _run(name, _first("b", jnp.nan))
     assert int(skipped1) == 1 and int(step1) == 0 and int(skipped) == 1
     assert _equal(p1, PARAMS)
 
 
-@pytest.mark.parametrize("name", architectures.names())
+@pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("leaf", ["b", "s"])  # a 1-D leaf and a scalar leaf
 def test_a_huge_gradient_never_freezes_a_parameter(name, leaf):
     (p1, skipped1, _, finite1), final, skipped = _run(name, _first(leaf, 1e20))
@@ -92,12 +94,12 @@ def test_the_guard_skips_the_1e20_step_of_adam_like_architectures():
         assert int(skipped1) == 1, name
 
 
-@pytest.mark.parametrize("name", architectures.names())
+@pytest.mark.parametrize("name", SPECS)
 def test_moments_are_guarded_through_the_gradient_bound(name):
     """Above MAX_GRADIENT the step is skipped (its square could overflow a row sum); below, it is taken."""
     from lopt.base import MAX_GRADIENT, LearnedOptimizer
 
-    arch = architectures.get(name)
+    arch = build(name)
     assert arch.moment_keys, "a new architecture: name its moving averages (see lopt/base.py)"
     if type(arch).moments_finite is not LearnedOptimizer.moments_finite:
         pytest.skip(f"{name} has its own moments_finite (covered by test_a_huge_gradient_never_freezes_a_parameter)")
@@ -107,9 +109,9 @@ def test_moments_are_guarded_through_the_gradient_bound(name):
     assert int(skipped1) == 0 and bool(finite1)
 
 
-@pytest.mark.parametrize("name", architectures.names())
+@pytest.mark.parametrize("name", SPECS)
 def test_an_empty_leaf_never_skips_a_step(name):
-    arch = architectures.get(name)
+    arch = build(name)
     tx = lopt.as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), 100)
     p = {"w": jnp.ones((2, 3)), "empty": jnp.zeros((0,))}
     g = {"w": jnp.full((2, 3), 0.1), "empty": jnp.zeros((0,))}

@@ -101,3 +101,75 @@ def test_shipped_default_loads_and_trains_if_it_is_normed_fc():
     state = tx.init(params)
     u, state = tx.update(grads_at(0), state, params, value=jnp.float32(1.0))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+DIST = architectures.get("normed_fc", hidden=4, step_size="distance", learning_rate=1.0, momentum_decays=[0.9, 0.99])
+DIST_UPDATE = jax.jit(DIST.update)
+
+
+def test_distance_step_size_checks_its_hyperparameters():
+    with pytest.raises(OptimizerError, match="step_size"):
+        architectures.get("normed_fc", step_size="prodigy")
+    with pytest.raises(OptimizerError, match="initial_distance"):
+        architectures.get("normed_fc", step_size="distance", initial_distance=0.0)
+    with pytest.raises(OptimizerError, match="distance_exponent"):
+        architectures.get("normed_fc", step_size="distance", distance_exponent=2.0)
+
+
+@pytest.mark.parametrize("peak, exponent", [(1.0, 1.0), (3e-3, 0.5)])
+def test_fresh_distance_normed_fc_is_adamw_at_the_d_estimate(peak, exponent):
+    """Written out step by step in float64: Adam's direction, lr = peak * (d_t / peak)**exponent * schedule,
+    and Prodigy's D estimate."""
+    arch = architectures.get("normed_fc", hidden=4, step_size="distance", learning_rate=peak,
+                             distance_exponent=exponent, momentum_decays=[0.9, 0.99])
+    update = jax.jit(arch.update)
+    mp = arch.init_meta_params(KEY)
+    n, d0, beta3 = 12, arch.initial_distance, arch.distance_decay
+    params = tiny_params()
+    state = arch.init(mp, params, n)
+    x = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    x0 = {k: v.copy() for k, v in x.items()}  # float64 copies of float32 values
+    m = {k: np.zeros_like(v) for k, v in x.items()}
+    v2, s = dict(m), dict(m)
+    d, num = d0, 0.0
+    for t in range(n):
+        grads = {k: (params[k] - 3.0) * (k != "z") for k in params}  # a quadratic with its minimum far away
+        g = {k: np.asarray(v, np.float64) for k, v in grads.items()}
+        lr = (d / peak) ** exponent * float(arch.prior_lr(jnp.asarray(t), jnp.asarray(n)))
+        weight = (d / d0) * lr
+        num = beta3 * num + weight * sum(float(np.sum(g[k] * (x0[k] - x[k]))) for k in x)
+        s = {k: beta3 * s[k] + weight * g[k] for k in x}
+        l1 = sum(float(np.sum(np.abs(s[k]))) for k in x)
+        expected = {}
+        for k in x:
+            m[k] = 0.9 * m[k] + 0.1 * g[k]
+            v2[k] = 0.999 * v2[k] + 0.001 * g[k] ** 2
+            a = (m[k] / (1 - 0.9 ** (t + 1))) / (np.sqrt(v2[k] / (1 - 0.999 ** (t + 1))) + arch.eps)
+            expected[k] = -lr * a - lr * arch.weight_decay * x[k]
+        u, state = update(mp, state, grads, params, jnp.float32(1.0))
+        for k in x:
+            np.testing.assert_allclose(np.asarray(u[k]), expected[k], rtol=2e-4, atol=1e-12)
+        d = max(d, num / l1)
+        assert float(state.inner["d"]) == pytest.approx(d, rel=2e-4)
+        params = optax.apply_updates(params, u)
+        x = {k: np.asarray(v, np.float64) for k, v in params.items()}  # float32 positions: x0 - x is exact
+    assert d > 5 * d0  # the estimate grew: the test exercised it
+
+
+def test_distance_estimate_survives_zero_and_non_finite_gradients():
+    mp = DIST.init_meta_params(KEY)
+    params = tiny_params()
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = DIST.init(mp, params, 20)
+    for _ in range(3):  # no gradient yet: only weight decay (at lr ~ d_0) moves, nothing is skipped
+        u, state = DIST_UPDATE(mp, state, zeros, params, jnp.float32(1.0))
+        assert all(float(jnp.max(jnp.abs(x))) < 1e-9 for x in jax.tree.leaves(u))
+    assert int(state.skipped) == 0 and float(state.inner["d"]) == np.float32(DIST.initial_distance)
+    for t in range(3):
+        u, state = DIST_UPDATE(mp, state, grads_at(t), params, jnp.float32(1.0))
+        params = optax.apply_updates(params, u)
+    before = state.inner
+    bad = {**grads_at(5), "b": jnp.array([jnp.nan, 0.0, 0.0])}
+    u, state = DIST_UPDATE(mp, state, bad, params, jnp.float32(1.0))
+    assert int(state.skipped) == 1
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.inner, before)

@@ -49,7 +49,7 @@ def _worker(out_path: str) -> None:
     from jax.sharding import PartitionSpec as P
 
     import lopt
-    from lopt import architectures
+    from _archs import SPECS, build
 
     assert len(jax.devices()) == NUM_DEVICES, jax.devices()
     mesh = jax.make_mesh((NUM_DEVICES,), ("x",))  # explicit axes (JAX's default)
@@ -75,8 +75,8 @@ def _worker(out_path: str) -> None:
 
     by_shape = {shape: n for n, (shape, _) in PARAMS.items()}
     report = {}
-    for name in architectures.names():
-        arch = architectures.get(name)
+    for name in SPECS:
+        arch = build(name)
         tx = lopt.as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(1)), num_steps=10)
         one = jax.devices()[0]
         ref, _, _, _ = run(tx, lambda n, x: jax.device_put(x, one))
@@ -130,9 +130,9 @@ def report(tmp_path_factory):
 
 
 def _names():
-    from lopt import architectures
+    from _archs import SPECS
 
-    return architectures.names()
+    return SPECS
 
 
 @pytest.mark.parametrize("name", _names())

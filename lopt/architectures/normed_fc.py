@@ -22,6 +22,12 @@ here the step size is not something the per-parameter network can set freely:
 * The **schedule** ``lr_t`` is a fixed prior that follows the planned horizon
   ``num_steps``: linear warm-up over ``warmup_fraction`` of the run, then
   cosine decay to ``final_lr_fraction``; the learned ``c`` bends it.
+* **Step size from the run itself** (``step_size="distance"``): the schedule's
+  peak moves from ``learning_rate`` toward a growing estimate ``D`` of the
+  distance from the initialization to a solution (Prodigy's, :mod:`lopt.distance`),
+  by ``distance_exponent`` in log space (1: the peak is ``D``). This is how one
+  set of weights can take 1e-2-sized steps on a CNN and 3e-3-sized ones on a
+  residual MLP without tuning; it costs two more accumulators.
 * **Decoupled weight decay** ``lr_t * exp(log_wd) * p`` with a learned rate,
   as in AdamW.
 
@@ -49,6 +55,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from lopt import distance
 from lopt import features as ft
 from lopt.base import LearnedOptimizer, OptimizerError, OptState
 
@@ -72,7 +79,9 @@ class NormedFC(LearnedOptimizer):
     """AdamW-cosine prior + centered per-parameter MLP, per-tensor normalized step."""
 
     arch: ClassVar[str] = "normed_fc"
-    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v")  # moving averages of g and g^2 (base: the guard)
+    # Exempt from the base guard's exact check: m and v are moving averages of g and g^2 (checked through
+    # the gradients' bound), x0 never changes and s is checked through its L1 norm in ``_update``.
+    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v", "x0", "s")
 
     hidden: int = 4
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)  # the first is Adam's beta1
@@ -83,6 +92,10 @@ class NormedFC(LearnedOptimizer):
     final_lr_fraction: float = 0.0
     weight_decay: float = 1e-4  # initial decoupled weight decay (learned in log space)
     timescales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
+    step_size: str = "fixed"  # "fixed": peak learning_rate; "distance": from Prodigy's D estimate (below)
+    distance_exponent: float = 1.0  # "distance": peak learning_rate * (D / learning_rate)**exponent
+    initial_distance: float = 1e-6  # D estimate's starting value (Prodigy's d_0)
+    distance_decay: float = 0.9995  # decay of the D estimate's sums (Prodigy: sqrt of the second-moment decay)
 
     def __post_init__(self) -> None:
         if not self.momentum_decays:
@@ -91,6 +104,16 @@ class NormedFC(LearnedOptimizer):
             raise OptimizerError(f"normed_fc: warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not self.learning_rate > 0 or not self.weight_decay > 0:
             raise OptimizerError("normed_fc: learning_rate and weight_decay must be > 0")
+        if self.step_size not in ("fixed", "distance"):
+            raise OptimizerError(f"normed_fc: step_size must be 'fixed' or 'distance', got {self.step_size!r}")
+        if not self.initial_distance > 0 or not 0.0 < self.distance_decay <= 1.0:
+            raise OptimizerError("normed_fc: initial_distance must be > 0 and distance_decay in (0, 1]")
+        if not 0.0 <= self.distance_exponent <= 1.0:
+            raise OptimizerError(f"normed_fc: distance_exponent must be in [0, 1], got {self.distance_exponent}")
+
+    @property
+    def adapts_distance(self) -> bool:
+        return self.step_size == "distance"
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -129,11 +152,14 @@ class NormedFC(LearnedOptimizer):
     def init_inner(self, meta_params: Any, params: Any) -> dict[str, Any]:
         del meta_params
         zeros = ft.zeros_like_param  # shaped and sharded like the parameter (issue 18)
-        return {
+        inner = {
             "m": tuple(jax.tree.map(zeros, params) for _ in self.momentum_decays),
             "v": jax.tree.map(zeros, params),
             "loss_mean": jnp.zeros((), jnp.float32),
         }
+        if self.adapts_distance:
+            inner.update(distance.init(params, self.initial_distance))
+        return inner
 
     # ---------------------------------------------------------------- schedule
     def prior_lr(self, step: jax.Array, num_steps: jax.Array) -> jax.Array:
@@ -146,6 +172,24 @@ class NormedFC(LearnedOptimizer):
         f = self.final_lr_fraction
         cosine = f + (1.0 - f) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
         return self.learning_rate * warmup * cosine
+
+    def step_lr(self, state: OptState) -> jax.Array:
+        """This step's learning rate: the prior's; with an adapted step size its peak moves toward D.
+
+        ``learning_rate * (D / learning_rate)**exponent``: exponent 1 is D itself
+        (Prodigy's step, ``learning_rate`` unused), 0 the fixed prior, and in
+        between a geometric mean that shrinks a noisy estimate toward the prior.
+        """
+        lr = self.prior_lr(state.step, state.num_steps)
+        if not self.adapts_distance:
+            return lr
+        d = state.inner["d"]
+        if self.distance_exponent == 1.0:
+            return lr / self.learning_rate * d
+        return lr * (d / self.learning_rate) ** self.distance_exponent
+
+    def _distance_weight(self, d: jax.Array, state: OptState) -> jax.Array:
+        return distance.step_weight(d, self.step_lr(state), self.initial_distance)
 
     # ---------------------------------------------------------------- update
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
@@ -172,7 +216,17 @@ class NormedFC(LearnedOptimizer):
         inner = state.inner
         ms = tuple(ft.guarded_ema_tree(m, grads, beta_m[i], ok) for i, m in enumerate(inner["m"]))
         v = ft.guarded_ema_tree(inner["v"], jax.tree.map(jnp.square, grads), beta_v, ok)
-        return {"m": ms, "v": v, "loss_mean": jnp.where(ok, new_inner["loss_mean"], inner["loss_mean"])}
+        kept = {"m": ms, "v": v, "loss_mean": jnp.where(ok, new_inner["loss_mean"], inner["loss_mean"])}
+        if self.adapts_distance:
+            weight = self._distance_weight(inner["d"], state)
+            kept.update(
+                x0=inner["x0"],
+                s=jax.tree.map(lambda s, g: distance.guarded_accumulate(s, g, self.distance_decay, weight, ok),
+                               inner["s"], grads),
+                d=jnp.where(ok, new_inner["d"], inner["d"]),
+                num=jnp.where(ok, new_inner["num"], inner["num"]),
+            )
+        return kept
 
     def _update(self, meta_params, state: OptState, grads, params, loss):
         mp = meta_params
@@ -187,15 +241,18 @@ class NormedFC(LearnedOptimizer):
         rel = (loss - loss_mean) / (jnp.abs(loss_mean) + 1e-8)
         loss_feat = jnp.tanh(jnp.where(loss_mean == 0.0, 0.0, rel))
         step_feats = jnp.concatenate([ft.time_features(state.step, state.num_steps, self.timescales), loss_feat[None]])
-        lr_t = self.prior_lr(state.step, state.num_steps)
+        lr_t = self.step_lr(state)
         wd = jnp.exp(mp["log_wd"])
+        adapts = self.adapts_distance
+        if adapts:
+            weight = self._distance_weight(state.inner["d"], state)
         w1 = mp["layer1"]["w"]
         w_tensor = mp["layer1"]["w_tensor"]
         n_step = self.num_step_features
         bias_step = mp["layer1"]["b"] + step_feats @ w_tensor[:n_step]
         log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
 
-        def leaf(g, p, s, v, *ms):
+        def leaf(g, p, s, x0, acc, v, *ms):
             ms = [ft.ema(m, g, beta_m[i]) for i, m in enumerate(ms)]
             v = ft.ema(v, jnp.square(g), beta_v)
             v_hat = v * corr_v
@@ -219,11 +276,22 @@ class NormedFC(LearnedOptimizer):
             update = -(scale * d) - (s * lr_t * wd) * p
             # An empty leaf has NaN RMSs and no update: it must not skip the step.
             finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, s * lr_t * wd])).all() if jnp.size(g) else True
-            return (update, finite, v, *ms)
+            if adapts:
+                acc, dot, l1 = distance.leaf_terms(g, p, x0, acc, self.distance_decay, weight)
+            else:
+                dot = l1 = jnp.zeros((), jnp.float32)
+            return (update, finite, dot, l1, acc, v, *ms)
 
-        v_leaves = state.inner["v"]
-        out = ft.map_unzip(leaf, 3 + k, grads, params, state.scales, v_leaves, *state.inner["m"])
-        updates, finite, v, ms = out[0], out[1], out[2], tuple(out[3:])
-        new_loss_mean = ft.ema(loss_mean, loss, LOSS_DECAY)
-        ok = jnp.all(jnp.stack(jax.tree.leaves(finite))) if jax.tree.leaves(finite) else jnp.asarray(True)
-        return updates, {"m": ms, "v": v, "loss_mean": new_loss_mean}, ok
+        inner = state.inner
+        x0s, accs = (inner["x0"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
+        out = ft.map_unzip(leaf, 6 + k, grads, params, state.scales, x0s, accs, inner["v"], *inner["m"])
+        updates, finite, dots, l1s, accs, v, ms = *out[:6], tuple(out[6:])
+        new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(loss_mean, loss, LOSS_DECAY)}
+        oks = jax.tree.leaves(finite)
+        if adapts:
+            dot, l1 = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (dots, l1s))
+            d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, weight)
+            new_inner.update(x0=inner["x0"], s=accs, d=d, num=num)
+            oks.append(d_finite)
+        ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
+        return updates, new_inner, ok
