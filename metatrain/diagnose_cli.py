@@ -13,8 +13,8 @@ default, runs/recipe_<name>).
 At the config's meta-parameters (fresh, ``optimizer.init_from``, or a run's
 newest checkpoint with ``--from DIR``) every estimator is compared with a
 reference gradient of the same full-episode meta-objective (exact backprop
-through whole episodes where it fits in memory, else many-sample antithetic
-ES): bias (cosine and relative error of its mean), per-sample variance and the
+through whole episodes where it fits in memory and is predicted to compile
+within ``--compile-budget-s``, else many-sample antithetic ES): bias (cosine and relative error of its mean), per-sample variance and the
 samples needed to reach ``--target-cosine``, and the cost in seconds and inner
 steps per estimate, hence seconds per unit of signal. ``--sweep key=v1,v2``
 repeats the measurement at each value of one setting (one factor at a time).
@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="antithetic pairs when the reference is ES")
     parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
                         help="memory allowed for the backprop reference (0: half of what is available)")
+    parser.add_argument("--compile-budget-s", type=float, default=d.compile_budget_s,
+                        help="compile backprop programs only where predicted (from one forward truncation's compile) "
+                             "within this many seconds: else the ES reference (with --reference auto) and no backprop "
+                             "estimator, said in the report (0: no cap)")
     parser.add_argument("--sample-budget-s", type=float, default=d.sample_budget_s,
                         help="seconds of sampling the reference and full_es may each spend before stopping early "
                              "(never below 2 samples; 0: no cap)")
@@ -92,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
         reference_es_samples=args.reference_es_samples,
         max_memory_gb=args.max_memory_gb,
         sample_budget_s=args.sample_budget_s,
+        compile_budget_s=args.compile_budget_s,
         seed=args.seed,
         sweeps=tuple(parse_sweep(s) for s in args.sweep),
         sweep_estimators=tuple(e.strip() for e in args.sweep_estimators.split(",") if e.strip()),

@@ -60,6 +60,11 @@ class DiagnoseOptions:
     # no fewer than 2 samples, once their next sample would pass this many seconds of sampling
     # (compiles not counted): what keeps a 2,000-4,000-step config within minutes. 0 = no cap.
     sample_budget_s: float = 45.0
+    # Backprop programs are compiled only where their trace + compile is predicted (from one
+    # forward truncation's compile x diagnose_core's measured ratios) within this many seconds:
+    # else the reference (with reference=auto) is the antithetic-ES one and the backprop estimator
+    # is reported as not measured (a 6-family mixture's did not compile in 13 minutes). 0 = no cap.
+    compile_budget_s: float = 120.0
     seed: int = 0
     sweeps: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     sweep_estimators: tuple[str, ...] = ()  # estimators the sweeps measure; () = all of ``estimators``
@@ -70,6 +75,8 @@ class DiagnoseOptions:
             raise _error(f"--estimators: unknown {bad[0] if bad else '(none)'!r}; valid: {', '.join(KINDS)}")
         if self.reference not in ("auto", "backprop", "es"):
             raise _error(f"--reference {self.reference!r}; valid: auto, backprop, es")
+        if not self.compile_budget_s >= 0.0:
+            raise _error(f"--compile-budget-s must be >= 0 (0: no cap), got {self.compile_budget_s}")
         if not self.sample_budget_s >= 0.0:
             raise _error(f"--sample-budget-s must be >= 0 (0: no cap), got {self.sample_budget_s}")
         if not 0.0 < self.target_cosine < 1.0:

@@ -95,7 +95,9 @@ def markdown(result: dict) -> str:
     if ref.get("expected_cosine_to_truth", 1.0) < 0.5:  # comparing with noise would rank noise
         out += [f"**No ranking: the reference itself is noise** (its expected cosine with the true gradient is "
                 f"{ref['expected_cosine_to_truth']:.2f}); draw more reference samples (`--reference-es-samples`, "
-                "`--sample-budget-s`) or make backprop through the episode finite.", ""]
+                "`--sample-budget-s`) or "
+                + ("let backprop compile (`--compile-budget-s 0`)." if "to compile" in ref.get("fallback_reason", "")
+                   else "make backprop through the episode finite."), ""]
         rank = []
     if rank:
         best = rank[0]
@@ -117,6 +119,8 @@ def markdown(result: dict) -> str:
         "unresolved: the mean is smaller than its own noise, so only the interval (block bootstrap) is informative.",
     ]
     notes = [r["note"] for r in result["results"] if r.get("note")]
+    notes += [f"`{r['estimator']}`" + (f" at {r['sweep']}={r['value']}" if r.get("sweep") else "")
+              + f" not measured: {r['reason']}" for r in result.get("skipped", [])]
     out += [f"Note: {n}." for n in dict.fromkeys(notes)]
     sweeps = result["sweeps"]
     for key in dict.fromkeys(r["sweep"] for r in sweeps):

@@ -170,7 +170,20 @@ def diagnose(
     total = ref_calls + sum(_calls(j["est"], options) for j in jobs)
     bar = _Progress(total, progress)
     try:
-        reference = _reference(objective, meta_params, data, key, settings, options, bar)
+        probe, skipped = 0.0, []
+        cap = options.compile_budget_s
+        if cap > 0 and (options.reference == "auto" or any(j["estimator"] == "backprop" for j in jobs)):
+            bar.phase("predicting backprop's compile time")
+            probe = core.forward_compile_seconds(objective, meta_params, data, jax.random.fold_in(key, 1), options.chains)
+            step = core.BACKPROP_STEP_COMPILE_RATIO * probe
+            if step > cap:  # a truncated-backprop step would compile for longer than the run should take
+                why = (f"its step would take ~{step:.0f} s to compile ({core.BACKPROP_STEP_COMPILE_RATIO:g}x the "
+                       f"{probe:.1f} s of one forward truncation), over --compile-budget-s {cap:g}")
+                skipped = [{"estimator": j["estimator"], "sweep": j["sweep"], "value": j["value"], "reason": why}
+                           for j in jobs if j["estimator"] == "backprop"]
+                bar.bar.total -= sum(_calls(j["est"], options) for j in jobs if j["estimator"] == "backprop")
+                jobs = [j for j in jobs if j["estimator"] != "backprop"]
+        reference = _reference(objective, meta_params, data, key, settings, options, bar, probe)
         ref_grads = reference.pop("grads")
         # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
         rows, raw = [], {"reference": ref_grads, "meta_params": np.asarray(core._flat(meta_params))[None]}
@@ -202,6 +215,7 @@ def diagnose(
         },
         "reference": reference,
         "results": [r for r in rows if r["sweep"] is None],
+        "skipped": skipped,  # estimators not measured, and why
         "sweeps": [r for r in rows if r["sweep"] is not None],
         "samples": raw,  # flattened gradients (written to samples.npz, not to the JSON)
     }
@@ -210,15 +224,24 @@ def diagnose(
     result["best_std"] = best_setting(result["sweeps"], "std")
     result["wall_seconds"] = time.perf_counter() - t_start
     result["cpu_seconds"] = time.process_time() - cpu_start  # all threads; next to the load, says how shared the CPU was
-    result["compile_seconds"] = reference["compile_seconds"] + sum(r["compile_seconds"] for r in rows)
+    result["compile_seconds"] = (reference["compile_seconds"] + reference["probe_compile_seconds"]
+                                 + sum(r["compile_seconds"] for r in rows))
     return result
 
 
-def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar: _Progress) -> dict:
+def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar: _Progress,
+               probe: float = 0.0) -> dict:
+    """The reference gradient's samples and quality; ``probe``: one forward truncation's compile seconds (0: none)."""
     k_ref = jax.random.fold_in(key, 1)
     budget = opt.max_memory_gb * 1e9 if opt.max_memory_gb > 0 else 0.5 * _available_bytes()
-    samples, method, why = None, "backprop", ""
-    if opt.reference in ("auto", "backprop"):
+    samples, method, why, predicted = None, "backprop", "", None
+    if opt.reference == "auto" and probe > 0:
+        predicted = core.REFERENCE_COMPILE_RATIO * probe
+        if predicted > opt.compile_budget_s:
+            why = (f"backprop through the episode would take ~{predicted:.0f} s to compile ({core.REFERENCE_COMPILE_RATIO:g}x "
+                   f"the {probe:.1f} s of one forward truncation), over --compile-budget-s "
+                   f"{opt.compile_budget_s:g}")
+    if opt.reference == "backprop" or (opt.reference == "auto" and not why):
         bar.phase("reference: full-episode backprop")
         samples = core.reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
                                           max_bytes=budget if opt.reference == "auto" else None,
@@ -246,6 +269,8 @@ def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions
     return {
         "method": method,
         "fallback_reason": why,
+        "predicted_backprop_compile_seconds": predicted,
+        "probe_compile_seconds": probe,  # the forward truncation compiled for the prediction (backprop reuses it)
         **quality,
         "seconds_per_sample": samples.seconds_per_estimate,
         "compile_seconds": samples.compile_seconds,

@@ -336,16 +336,24 @@ def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     diagnose_cli.add_arguments(parser)
     out = tmp_path / "diag"
-    args = parser.parse_args(["--config", "smoke", "--out", str(out), "--from", str(run), "--estimators", "pes",
-                              "--samples", "2", "--chains", "1", "--reference", "es", "--reference-es-samples", "8",
-                              "--no-progress"]
+    # a compile budget no backprop program fits: the reference falls back to ES and the backprop
+    # estimator is reported as not measured (predicted from one compiled forward truncation)
+    args = parser.parse_args(["--config", "smoke", "--out", str(out), "--from", str(run), "--estimators",
+                              "pes,backprop", "--samples", "2", "--chains", "1", "--compile-budget-s", "1e-9",
+                              "--reference-es-samples", "8", "--no-progress"]
                              + [f"--set={s}" for s in sets])
     assert diagnose_cli.main(args) == 0
     used = np.load(out / "samples.npz")["meta_params"][0]
     np.testing.assert_array_equal(used, want)
     import json
 
-    assert str(newest) in json.loads((out / "diagnose.json").read_text())["meta_params_source"]
+    result = json.loads((out / "diagnose.json").read_text())
+    assert str(newest) in result["meta_params_source"]
+    assert result["reference"]["method"] == "es" and "to compile" in result["reference"]["fallback_reason"]
+    assert result["reference"]["probe_compile_seconds"] > 0
+    assert [r["estimator"] for r in result["results"]] == ["pes"]
+    assert [r["estimator"] for r in result["skipped"]] == ["backprop"]
+    assert "`backprop` not measured: its step would take" in (out / "diagnose.md").read_text()
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
