@@ -13,11 +13,14 @@ grown, so that early, too-small steps count less):
 
 * ``num_t = beta * num_{t-1} + lambda_t * <g_t, x0 - x_t>`` (a scalar over all
   parameters: how far the gradients say the run has moved toward lower loss),
+  with ``x_t - x0`` kept as the float32 sum of the updates applied so far
+  (``moved``), not read off the parameters: bfloat16 parameters round a small
+  step away, and ``D`` would then never grow from its tiny start,
 * ``s_t = beta * s_{t-1} + lambda_t * g_t`` (shaped like the parameters),
 * ``d_{t+1} = max(d_t, num_t / ||s_t||_1)``: it only grows, from a tiny ``d_0``.
 
-Cost: two accumulators shaped like the parameters (``x0`` and ``s``) and two
-reductions per tensor (``<g, x0 - x>`` and ``||s||_1``). The functions below
+Cost: two accumulators shaped like the parameters (``moved`` and ``s``) and two
+reductions per tensor (``<g, moved>`` and ``||s||_1``). The functions below
 are pieces an architecture calls inside its own per-tensor loop, so that XLA
 can fuse them with the rest of the update.
 """
@@ -31,13 +34,13 @@ import jax.numpy as jnp
 
 from lopt import features as ft
 
-KEYS = ("x0", "s", "d", "num")  # the accumulators this adds to an architecture's state
+KEYS = ("moved", "s", "d", "num")  # the accumulators this adds to an architecture's state
 
 
 def init(params: Any, initial: float) -> dict[str, Any]:
-    """State for ``params``: the starting point, zero sums and ``d = initial``."""
+    """State for ``params``: nothing moved yet, zero sums and ``d = initial``."""
     return {
-        "x0": jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params),
+        "moved": jax.tree.map(ft.zeros_like_param, params),
         "s": jax.tree.map(ft.zeros_like_param, params),
         "d": jnp.asarray(initial, jnp.float32),
         "num": jnp.zeros((), jnp.float32),
@@ -63,10 +66,15 @@ def guarded_accumulate(s: jax.Array, g: jax.Array, decay: float, weight: jax.Arr
     return jnp.where(ok, accumulate(s, jnp.where(ok, g, 0.0), decay, weight), s)
 
 
-def leaf_terms(g: jax.Array, p: jax.Array, x0: jax.Array, s: jax.Array, decay: float, weight: jax.Array):
-    """One tensor's part: ``(new s, <g, x0 - p>, ||new s||_1)``."""
+def leaf_terms(g: jax.Array, moved: jax.Array, s: jax.Array, decay: float, weight: jax.Array):
+    """One tensor's part: ``(new s, <g, x0 - x>, ||new s||_1)`` with ``x - x0 = moved``."""
     s_new = accumulate(s, g, decay, weight)
-    return s_new, jnp.sum(g * (x0 - p)), jnp.sum(jnp.abs(s_new))
+    return s_new, -jnp.sum(g * moved), jnp.sum(jnp.abs(s_new))
+
+
+def guarded_move(moved: jax.Array, moved_new: jax.Array, ok: jax.Array) -> jax.Array:
+    """``moved`` plus this step's update (``moved_new``) if the step is taken, else ``moved`` exactly."""
+    return jnp.where(ok, moved_new, moved)
 
 
 def next_estimate(d: jax.Array, num: jax.Array, dot: jax.Array, l1: jax.Array, decay: float, weight: jax.Array):

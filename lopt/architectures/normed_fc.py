@@ -80,8 +80,8 @@ class NormedFC(LearnedOptimizer):
 
     arch: ClassVar[str] = "normed_fc"
     # Exempt from the base guard's exact check: m and v are moving averages of g and g^2 (checked through
-    # the gradients' bound), x0 never changes and s is checked through its L1 norm in ``_update``.
-    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v", "x0", "s")
+    # the gradients' bound), moved sums updates that are checked, s is checked through its L1 norm.
+    moment_keys: ClassVar[tuple[str, ...]] = ("m", "v", "moved", "s")
 
     hidden: int = 4
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)  # the first is Adam's beta1
@@ -220,7 +220,7 @@ class NormedFC(LearnedOptimizer):
         if self.adapts_distance:
             weight = self._distance_weight(inner["d"], state)
             kept.update(
-                x0=inner["x0"],
+                moved=jax.tree.map(lambda m, new: distance.guarded_move(m, new, ok), inner["moved"], new_inner["moved"]),
                 s=jax.tree.map(lambda s, g: distance.guarded_accumulate(s, g, self.distance_decay, weight, ok),
                                inner["s"], grads),
                 d=jnp.where(ok, new_inner["d"], inner["d"]),
@@ -252,7 +252,7 @@ class NormedFC(LearnedOptimizer):
         bias_step = mp["layer1"]["b"] + step_feats @ w_tensor[:n_step]
         log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
 
-        def leaf(g, p, s, x0, acc, v, *ms):
+        def leaf(g, p, s, moved, acc, v, *ms):
             ms = [ft.ema(m, g, beta_m[i]) for i, m in enumerate(ms)]
             v = ft.ema(v, jnp.square(g), beta_v)
             v_hat = v * corr_v
@@ -277,21 +277,22 @@ class NormedFC(LearnedOptimizer):
             # An empty leaf has NaN RMSs and no update: it must not skip the step.
             finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, s * lr_t * wd])).all() if jnp.size(g) else True
             if adapts:
-                acc, dot, l1 = distance.leaf_terms(g, p, x0, acc, self.distance_decay, weight)
+                acc, dot, l1 = distance.leaf_terms(g, moved, acc, self.distance_decay, weight)
+                moved = moved + update
             else:
                 dot = l1 = jnp.zeros((), jnp.float32)
-            return (update, finite, dot, l1, acc, v, *ms)
+            return (update, finite, dot, l1, moved, acc, v, *ms)
 
         inner = state.inner
-        x0s, accs = (inner["x0"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
-        out = ft.map_unzip(leaf, 6 + k, grads, params, state.scales, x0s, accs, inner["v"], *inner["m"])
-        updates, finite, dots, l1s, accs, v, ms = *out[:6], tuple(out[6:])
+        moved, accs = (inner["moved"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
+        out = ft.map_unzip(leaf, 7 + k, grads, params, state.scales, moved, accs, inner["v"], *inner["m"])
+        updates, finite, dots, l1s, moved, accs, v, ms = *out[:7], tuple(out[7:])
         new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(loss_mean, loss, LOSS_DECAY)}
         oks = jax.tree.leaves(finite)
         if adapts:
             dot, l1 = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (dots, l1s))
             d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, weight)
-            new_inner.update(x0=inner["x0"], s=accs, d=d, num=num)
+            new_inner.update(moved=moved, s=accs, d=d, num=num)
             oks.append(d_finite)
         ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
         return updates, new_inner, ok
