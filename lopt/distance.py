@@ -34,8 +34,6 @@ import jax.numpy as jnp
 
 from lopt import features as ft
 
-KEYS = ("moved", "s", "d", "num")  # the accumulators this adds to an architecture's state
-
 
 def init(params: Any, initial: float) -> dict[str, Any]:
     """State for ``params``: nothing moved yet, zero sums and ``d = initial``."""
