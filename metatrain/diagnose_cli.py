@@ -14,9 +14,10 @@ At the config's meta-parameters (fresh, ``optimizer.init_from``, or a run's
 newest checkpoint with ``--from DIR``) every estimator is compared with a
 reference gradient of the same full-episode meta-objective (exact backprop
 through whole episodes where it fits in memory and is predicted to compile
-within ``--compile-budget-s``, else many-sample antithetic ES): bias (cosine and relative error of its mean), per-sample variance and the
-samples needed to reach ``--target-cosine``, and the cost in seconds and inner
-steps per estimate, hence seconds per unit of signal. ``--sweep key=v1,v2``
+within ``--compile-budget-s``, else many-sample antithetic ES): bias (cosine
+and relative error of its mean), per-sample variance and the samples needed
+to reach ``--target-cosine``, and the cost in seconds and inner steps per
+estimate, hence seconds per unit of signal. ``--sweep key=v1,v2``
 repeats the measurement at each value of one setting (one factor at a time).
 Writes DIR/diagnose.json, DIR/diagnose.md and PNG plots.
 """

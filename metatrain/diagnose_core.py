@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, REFERENCE_COMPILE, jit_with
 from lopt.metatrain.estimators import ESTIMATORS
 from lopt.metatrain.unroll import EpisodeSchedule, MetaTrainError, Unroller
 
@@ -155,54 +156,14 @@ def _flat(tree: Any) -> jax.Array:
     return ravel_pytree(tree)[0]
 
 
-# XLA:CPU options of diagnose's programs. Each program runs for seconds to a few minutes, so
-# compiling it is most of a run's cost (XLA's default LLVM -O3 and its new fusion emitters took
-# 35-60 s per program on the 2-core CPU). Measured per program on `reference` and `smoke`
-# (BENCHMARKS.md): LLVM -O1 without the fusion emitters compiles an estimator step 4-10x faster
-# and runs it at most ~1.5x slower (full_es's whole episodes: same speed); -O0 compiles faster
-# still but runs 3-7x slower. The full-episode backprop reference runs longest (20+ s a sample)
-# and keeps the fusion emitters: -O1 with them compiled it fastest and ran it fastest.
-# Outputs match the default compile to float rounding: max relative difference 1e-7 on backprop
-# gradients, 1e-5 (pes) to 2e-4 (full_es: 2,000-step loss differences) on ES estimates.
-CHEAP_COMPILE = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
-REFERENCE_COMPILE = {"xla_backend_optimization_level": 1}
-
-
-class _Jit:
-    """``jax.jit(fun, **kw)`` with ``compiler_options`` applied on the CPU backend only.
-
-    Resolved at first use (importing this module must not start a backend);
-    other backends get XLA's defaults (the options are XLA:CPU's).
-    """
-
-    def __init__(self, fun, options: dict, **kw):
-        self.fun, self.options, self.kw = fun, options, kw
-        functools.update_wrapper(self, fun)
-
-    @functools.cached_property
-    def jitted(self):
-        opts = self.options if jax.default_backend() == "cpu" else None
-        return jax.jit(self.fun, compiler_options=opts, **self.kw)
-
-    def __call__(self, *args):
-        return self.jitted(*args)
-
-    def lower(self, *args):
-        return self.jitted.lower(*args)
-
-
-def _jit(options: dict, **kw):
-    return lambda fun: _Jit(fun, options, **kw)
-
-
 # Module-level jits with the (hashable, frozen) estimator or objective static: equal
 # estimators share one compile across calls (tests, sweeps that revisit a setting).
-@_jit(REFERENCE_COMPILE, static_argnums=0)
+@jit_with(REFERENCE_COMPILE, static_argnums=0)
 def _reference_grad(objective: "EpisodeObjective", meta_params, key, data):
     return _flat(jax.grad(objective)(meta_params, key, data))
 
 
-@_jit(CHEAP_COMPILE, static_argnums=(0, 1))
+@jit_with(CHEAP_COMPILE, static_argnums=(0, 1))
 def _reference_es_pairs(objective: "EpisodeObjective", std: float, meta_params, keys, data):
     vec, unravel = ravel_pytree(meta_params)
 
@@ -215,7 +176,7 @@ def _reference_es_pairs(objective: "EpisodeObjective", std: float, meta_params, 
     return jax.vmap(pair)(keys)
 
 
-@_jit(CHEAP_COMPILE, static_argnums=0)
+@jit_with(CHEAP_COMPILE, static_argnums=0)
 def _init_groups(unroller: Unroller, meta_params, keys):
     return jax.vmap(lambda k: unroller.init_state(meta_params, k))(keys)
 
@@ -245,7 +206,7 @@ def _init_chains(est: Any, meta_params, keys):
 
 # One vmapped step per call: a lax.scan over steps (one call per block) measured 9x slower per
 # estimate and 2x longer to compile on the 2-core CPU (nested loops copy the inner states).
-@_jit(CHEAP_COMPILE, static_argnums=0, donate_argnums=2)
+@jit_with(CHEAP_COMPILE, static_argnums=0, donate_argnums=2)
 def _step_chains(est: Any, meta_params, states, keys, data):
     def one(state, k):
         g, state, metrics = est.step(meta_params, state, k, data)
@@ -254,7 +215,7 @@ def _step_chains(est: Any, meta_params, states, keys, data):
     return jax.vmap(one)(states, keys)
 
 
-@_jit(CHEAP_COMPILE, static_argnums=0, donate_argnums=2)
+@jit_with(CHEAP_COMPILE, static_argnums=0, donate_argnums=2)
 def _advance_chains(unroller: Unroller, meta_params, groups, keys, data):
     """Backprop's burn-in without gradients: the same inner states its steps would leave, at forward cost.
 
@@ -295,15 +256,6 @@ def reference_cosine(grads: np.ndarray) -> float:
 def more_within(budget_s: float, spent: float, last: float, done: int, least: int = 2) -> bool:
     """Whether one more sample fits: always below ``least`` samples, else if it ends within the budget."""
     return budget_s <= 0 or done < least or spent + last <= budget_s
-
-
-# The full-episode backprop reference's trace + compile time over that of one forward truncation
-# of the same groups (backprop's burn-in program, :func:`forward_compile_seconds`), measured with
-# the compile options above on smoke, default and reference: 5.8, 6.8, 5.6 (BENCHMARKS.md). The
-# prediction decides, before paying for it, whether the exact reference compiles within budget.
-REFERENCE_COMPILE_RATIO = 6.0
-# The same for a truncated-backprop estimator step (a VJP through one truncation): 5.6, 5.7, 4.4.
-BACKPROP_STEP_COMPILE_RATIO = 5.0
 
 
 def forward_compile_seconds(objective: EpisodeObjective, meta_params, data, key, chains: int) -> float:

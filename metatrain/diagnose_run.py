@@ -32,6 +32,7 @@ from lopt.metatrain import build
 from lopt.metatrain import diagnose_core as core
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
+from lopt.metatrain.diagnose_compile import BACKPROP_STEP_COMPILE_RATIO, REFERENCE_COMPILE_RATIO
 from lopt.metatrain.diagnose_options import _APPLIES, SWEEP_KEYS, DiagnoseOptions, parse_sweep  # noqa: F401
 
 # ---------------------------------------------------------------------- inputs
@@ -175,9 +176,9 @@ def diagnose(
         if cap > 0 and (options.reference == "auto" or any(j["estimator"] == "backprop" for j in jobs)):
             bar.phase("predicting backprop's compile time")
             probe = core.forward_compile_seconds(objective, meta_params, data, jax.random.fold_in(key, 1), options.chains)
-            step = core.BACKPROP_STEP_COMPILE_RATIO * probe
+            step = BACKPROP_STEP_COMPILE_RATIO * probe
             if step > cap:  # a truncated-backprop step would compile for longer than the run should take
-                why = (f"its step would take ~{step:.0f} s to compile ({core.BACKPROP_STEP_COMPILE_RATIO:g}x the "
+                why = (f"its step would take ~{step:.0f} s to compile ({BACKPROP_STEP_COMPILE_RATIO:g}x the "
                        f"{probe:.1f} s of one forward truncation), over --compile-budget-s {cap:g}")
                 skipped = [{"estimator": j["estimator"], "sweep": j["sweep"], "value": j["value"], "reason": why}
                            for j in jobs if j["estimator"] == "backprop"]
@@ -236,9 +237,9 @@ def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions
     budget = opt.max_memory_gb * 1e9 if opt.max_memory_gb > 0 else 0.5 * _available_bytes()
     samples, method, why, predicted = None, "backprop", "", None
     if opt.reference == "auto" and probe > 0:
-        predicted = core.REFERENCE_COMPILE_RATIO * probe
+        predicted = REFERENCE_COMPILE_RATIO * probe
         if predicted > opt.compile_budget_s:
-            why = (f"backprop through the episode would take ~{predicted:.0f} s to compile ({core.REFERENCE_COMPILE_RATIO:g}x "
+            why = (f"backprop through the episode would take ~{predicted:.0f} s to compile ({REFERENCE_COMPILE_RATIO:g}x "
                    f"the {probe:.1f} s of one forward truncation), over --compile-budget-s "
                    f"{opt.compile_budget_s:g}")
     if opt.reference == "backprop" or (opt.reference == "auto" and not why):
