@@ -70,10 +70,6 @@ def leaf_terms(g: jax.Array, moved: jax.Array, s: jax.Array, decay: float, weigh
     return s_new, -jnp.sum(g * moved), jnp.sum(jnp.abs(s_new))
 
 
-def guarded_move(moved: jax.Array, moved_new: jax.Array, ok: jax.Array) -> jax.Array:
-    """``moved`` plus this step's update (``moved_new``) if the step is taken, else ``moved`` exactly."""
-    return jnp.where(ok, moved_new, moved)
-
 
 def next_estimate(d: jax.Array, num: jax.Array, dot: jax.Array, l1: jax.Array, decay: float, weight: jax.Array):
     """``(d_{t+1}, num_t, finite)`` from the summed per-tensor terms.

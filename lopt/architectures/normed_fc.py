@@ -220,7 +220,7 @@ class NormedFC(LearnedOptimizer):
         if self.adapts_distance:
             weight = self._distance_weight(inner["d"], state)
             kept.update(
-                moved=jax.tree.map(lambda m, new: distance.guarded_move(m, new, ok), inner["moved"], new_inner["moved"]),
+                moved=jax.tree.map(lambda m, new: jnp.where(ok, new, m), inner["moved"], new_inner["moved"]),
                 s=jax.tree.map(lambda s, g: distance.guarded_accumulate(s, g, self.distance_decay, weight, ok),
                                inner["s"], grads),
                 d=jnp.where(ok, new_inner["d"], inner["d"]),
