@@ -155,8 +155,8 @@ def bench_large(
 
 def render(result: dict[str, Any]) -> list[str]:
     """Markdown table of :func:`bench_large`'s result."""
-    cols = [("full_step_ms", "step ms", ".1f"), ("full_step_x_adam", "x adam", ".2f"),
-            ("ns_per_param", "opt ns/param", ".2f"), ("ns_per_param_x_adam", "x adam", ".2f"),
+    cols = [("full_step_ms", "step ms", ".3g"), ("full_step_x_adam", "x adam", ".2f"),
+            ("ns_per_param", "opt ns/param", ".3g"), ("ns_per_param_x_adam", "x adam", ".2f"),
             ("state_bytes_per_param", "state B/param", ".2f"), ("state_x_adam", "x adam", ".2f")]
     cols = [c for c in cols if any(c[0] in v for v in result["optimizers"].values())]
     lines = [f"### Large model: {result['model']}, {result['num_params']:,} parameters "
