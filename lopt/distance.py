@@ -61,7 +61,7 @@ def accumulate(s: jax.Array, g: jax.Array, decay: float, weight: jax.Array) -> j
 
 def guarded_accumulate(s: jax.Array, g: jax.Array, decay: float, weight: jax.Array, ok: jax.Array) -> jax.Array:
     """:func:`accumulate` if ``ok``, else ``s`` exactly, in one loop (see :func:`lopt.features.guarded_ema`)."""
-    return jnp.where(ok, accumulate(s, jnp.where(ok, g, 0.0), decay, weight), s)
+    return ft.guarded(lambda s_, g_: accumulate(s_, g_, decay, weight), s, g, ok)
 
 
 def leaf_terms(g: jax.Array, moved: jax.Array, s: jax.Array, decay: float, weight: jax.Array):

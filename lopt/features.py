@@ -14,7 +14,7 @@ on traced values, so they work under ``jit``, ``vmap`` and ``lax.scan``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,19 @@ def guarded_ema(old: jax.Array, new: jax.Array, decay: jax.Array, ok: jax.Array)
     two, write the new average to memory once, and then make a second pass
     choosing between it and the old one.
     """
-    return jnp.where(ok, ema(old, jnp.where(ok, new, 0.0), decay), old)
+    return guarded(lambda o, n: ema(o, n, decay), old, new, ok)
+
+
+def guarded(
+    step: Callable[[jax.Array, jax.Array], jax.Array], old: jax.Array, new: jax.Array, ok: jax.Array
+) -> jax.Array:
+    """``step(old, new)`` if ``ok``, else ``old`` exactly: the masking behind every guarded accumulator.
+
+    ``new`` is masked before ``step`` sees it, so a non-finite input cannot
+    leak through (``0 * inf`` is NaN) and XLA cannot reuse the unguarded value
+    computed elsewhere (see :func:`guarded_ema`).
+    """
+    return jnp.where(ok, step(old, jnp.where(ok, new, 0.0)), old)
 
 
 def guarded_ema_tree(old: Any, new: Any, decay: jax.Array, ok: jax.Array) -> Any:
