@@ -70,7 +70,6 @@ def leaf_terms(g: jax.Array, moved: jax.Array, s: jax.Array, decay: float, weigh
     return s_new, -jnp.sum(g * moved), jnp.sum(jnp.abs(s_new))
 
 
-
 def next_estimate(d: jax.Array, num: jax.Array, dot: jax.Array, l1: jax.Array, decay: float, weight: jax.Array):
     """``(d_{t+1}, num_t, finite)`` from the summed per-tensor terms.
 

@@ -188,8 +188,9 @@ class NormedFC(LearnedOptimizer):
             return lr / self.learning_rate * d
         return lr * (d / self.learning_rate) ** self.distance_exponent
 
-    def _distance_weight(self, d: jax.Array, state: OptState) -> jax.Array:
-        return distance.step_weight(d, self.step_lr(state), self.initial_distance)
+    def _distance_weight(self, d: jax.Array, lr: jax.Array) -> jax.Array:
+        """The D estimate's weight for a step taken at learning rate ``lr`` (this step's :meth:`step_lr`)."""
+        return distance.step_weight(d, lr, self.initial_distance)
 
     # ---------------------------------------------------------------- update
     def compute_update(self, meta_params, state: OptState, grads, params, loss):
@@ -218,7 +219,7 @@ class NormedFC(LearnedOptimizer):
         v = ft.guarded_ema_tree(inner["v"], jax.tree.map(jnp.square, grads), beta_v, ok)
         kept = {"m": ms, "v": v, "loss_mean": jnp.where(ok, new_inner["loss_mean"], inner["loss_mean"])}
         if self.adapts_distance:
-            weight = self._distance_weight(inner["d"], state)
+            weight = self._distance_weight(inner["d"], self.step_lr(state))
             kept.update(
                 moved=jax.tree.map(lambda m, new: jnp.where(ok, new, m), inner["moved"], new_inner["moved"]),
                 s=jax.tree.map(lambda s, g: distance.guarded_accumulate(s, g, self.distance_decay, weight, ok),
@@ -245,7 +246,7 @@ class NormedFC(LearnedOptimizer):
         wd = jnp.exp(mp["log_wd"])
         adapts = self.adapts_distance
         if adapts:
-            weight = self._distance_weight(state.inner["d"], state)
+            weight = self._distance_weight(state.inner["d"], lr_t)
         w1 = mp["layer1"]["w"]
         w_tensor = mp["layer1"]["w_tensor"]
         n_step = self.num_step_features
