@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -258,19 +258,29 @@ def more_within(budget_s: float, spent: float, last: float, done: int, least: in
     return budget_s <= 0 or done < least or spent + last <= budget_s
 
 
-def forward_compile_seconds(objective: EpisodeObjective, meta_params, data, key, chains: int) -> float:
-    """Seconds to trace and compile one forward truncation of every group, on ``chains`` chains.
+class CompileTime(NamedTuple):
+    """One compile's cost: wall-clock seconds, and CPU seconds of this process (all its threads)."""
+
+    wall: float
+    cpu: float
+
+
+def forward_compile_seconds(objective: EpisodeObjective, meta_params, data, key, chains: int) -> CompileTime:
+    """Time to trace and compile one forward truncation of every group, on ``chains`` chains.
 
     The program is truncated backprop's forward burn-in (the same static
     unroller and shapes), so when backprop is sampled later jit reuses this compile.
+    Predictions use the CPU seconds: the wall time grows with whatever else the
+    machine runs, and a prediction from it made the choice of reference depend
+    on the load rather than on the config.
     """
     u = dataclasses.replace(objective.base, num_branches=1)
     keys = jax.random.split(key, chains)
     two = dataclasses.replace(u, num_branches=2)
     groups = jax.eval_shape(lambda: _first_branches(_init_groups.fun(two, meta_params, keys), 1))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _advance_chains.lower(u, meta_params, groups, keys, data).compile()
-    return time.perf_counter() - t0
+    return CompileTime(time.perf_counter() - t0, time.process_time() - c0)
 
 
 def reference_backprop(objective: EpisodeObjective, meta_params, data, key, num_samples: int, tick=None,

@@ -61,7 +61,7 @@ class DiagnoseOptions:
     # (compiles not counted): what keeps a 2,000-4,000-step config within minutes. 0 = no cap.
     sample_budget_s: float = 45.0
     # Backprop programs are compiled only where their trace + compile is predicted (from one
-    # forward truncation's compile x diagnose_core's measured ratios) within this many seconds:
+    # forward truncation's compile x diagnose_core's measured ratios) within this many CPU seconds:
     # else the reference (with reference=auto) is the antithetic-ES one and the backprop estimator
     # is reported as not measured (a 6-family mixture's did not compile in 13 minutes). 0 = no cap.
     compile_budget_s: float = 120.0

@@ -171,15 +171,15 @@ def diagnose(
     total = ref_calls + sum(_calls(j["est"], options) for j in jobs)
     bar = _Progress(total, progress)
     try:
-        probe, skipped = 0.0, []
+        probe, skipped = core.CompileTime(0.0, 0.0), []
         cap = options.compile_budget_s
         if cap > 0 and (options.reference == "auto" or any(j["estimator"] == "backprop" for j in jobs)):
             bar.phase("predicting backprop's compile time")
             probe = core.forward_compile_seconds(objective, meta_params, data, jax.random.fold_in(key, 1), options.chains)
-            step = BACKPROP_STEP_COMPILE_RATIO * probe
+            step = BACKPROP_STEP_COMPILE_RATIO * probe.cpu
             if step > cap:  # a truncated-backprop step would compile for longer than the run should take
-                why = (f"its step would take ~{step:.0f} s to compile ({BACKPROP_STEP_COMPILE_RATIO:g}x the "
-                       f"{probe:.1f} s of one forward truncation), over --compile-budget-s {cap:g}")
+                why = (f"its step would take ~{step:.0f} CPU s to compile ({BACKPROP_STEP_COMPILE_RATIO:g}x the "
+                       f"{probe.cpu:.1f} CPU s of one forward truncation), over --compile-budget-s {cap:g}")
                 skipped = [{"estimator": j["estimator"], "sweep": j["sweep"], "value": j["value"], "reason": why}
                            for j in jobs if j["estimator"] == "backprop"]
                 bar.bar.total -= sum(_calls(j["est"], options) for j in jobs if j["estimator"] == "backprop")
@@ -231,16 +231,16 @@ def diagnose(
 
 
 def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar: _Progress,
-               probe: float = 0.0) -> dict:
-    """The reference gradient's samples and quality; ``probe``: one forward truncation's compile seconds (0: none)."""
+               probe: core.CompileTime = core.CompileTime(0.0, 0.0)) -> dict:
+    """The reference gradient's samples and quality; ``probe``: one forward truncation's compile time (0: none)."""
     k_ref = jax.random.fold_in(key, 1)
     budget = opt.max_memory_gb * 1e9 if opt.max_memory_gb > 0 else 0.5 * _available_bytes()
     samples, method, why, predicted = None, "backprop", "", None
-    if opt.reference == "auto" and probe > 0:
-        predicted = REFERENCE_COMPILE_RATIO * probe
+    if opt.reference == "auto" and probe.cpu > 0:
+        predicted = REFERENCE_COMPILE_RATIO * probe.cpu
         if predicted > opt.compile_budget_s:
-            why = (f"backprop through the episode would take ~{predicted:.0f} s to compile ({REFERENCE_COMPILE_RATIO:g}x "
-                   f"the {probe:.1f} s of one forward truncation), over --compile-budget-s "
+            why = (f"backprop through the episode would take ~{predicted:.0f} CPU s to compile ({REFERENCE_COMPILE_RATIO:g}x "
+                   f"the {probe.cpu:.1f} CPU s of one forward truncation), over --compile-budget-s "
                    f"{opt.compile_budget_s:g}")
     if opt.reference == "backprop" or (opt.reference == "auto" and not why):
         bar.phase("reference: full-episode backprop")
@@ -271,7 +271,8 @@ def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions
         "method": method,
         "fallback_reason": why,
         "predicted_backprop_compile_seconds": predicted,
-        "probe_compile_seconds": probe,  # the forward truncation compiled for the prediction (backprop reuses it)
+        "probe_compile_seconds": probe.wall,  # the forward truncation compiled for the prediction (backprop reuses it)
+        "probe_compile_cpu_seconds": probe.cpu,  # what the prediction uses: independent of the machine's load
         **quality,
         "seconds_per_sample": samples.seconds_per_estimate,
         "compile_seconds": samples.compile_seconds,

@@ -351,6 +351,7 @@ def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
     assert str(newest) in result["meta_params_source"]
     assert result["reference"]["method"] == "es" and "to compile" in result["reference"]["fallback_reason"]
     assert result["reference"]["probe_compile_seconds"] > 0
+    assert result["reference"]["probe_compile_cpu_seconds"] > 0
     assert [r["estimator"] for r in result["results"]] == ["pes"]
     assert [r["estimator"] for r in result["skipped"]] == ["backprop"]
     assert "`backprop` not measured: its step would take" in (out / "diagnose.md").read_text()
