@@ -52,6 +52,27 @@ def test_fresh_normed_fc_is_adamw_with_warmup_cosine():
     assert int(state.step) == n and int(state.skipped) == 0
 
 
+def test_weight_decay_can_spare_biases_and_gains_as_adamw_with_a_mask_does():
+    """``decay_min_ndim=2``: optax.adamw with its weight decay masked to matrices and kernels."""
+    arch = architectures.get("normed_fc", weight_decay=0.3, learning_rate=3e-2, decay_min_ndim=2)
+    mp = arch.init_meta_params(KEY)
+    n = 8
+    matrices = lambda p: jax.tree.map(lambda x: jnp.ndim(x) >= 2, p)  # noqa: E731
+    ref = optax.adamw(lambda c: arch.prior_lr(jnp.asarray(c), jnp.asarray(n)), weight_decay=0.3, mask=matrices)
+    params = tiny_params()
+    s_ref, state = ref.init(params), arch.init(mp, params, n)
+    update = jax.jit(arch.update)
+    for t in range(n):
+        g = grads_at(t)
+        u_ref, s_ref = ref.update(g, s_ref, params)
+        u, state = update(mp, state, g, params, jnp.float32(1.0 + t))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8), u, u_ref)
+        params = optax.apply_updates(params, u)
+    assert any(jnp.ndim(x) < 2 and jnp.size(x) and float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(params))
+    with pytest.raises(OptimizerError, match="decay_min_ndim"):
+        architectures.get("normed_fc", decay_min_ndim=-1)
+
+
 def test_prior_schedule_warms_up_then_decays_over_the_planned_horizon():
     n = jnp.asarray(100)
     lrs = np.array([float(ARCH.prior_lr(jnp.asarray(t), n)) for t in range(100)])

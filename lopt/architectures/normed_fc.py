@@ -29,7 +29,8 @@ here the step size is not something the per-parameter network can set freely:
   set of weights can take 1e-2-sized steps on a CNN and 5e-3-sized ones on a
   residual MLP without tuning; it costs two more accumulators.
 * **Decoupled weight decay** ``lr_t * exp(log_wd) * p`` with a learned rate,
-  as in AdamW.
+  as in AdamW; ``decay_min_ndim=2`` spares biases and normalization gains, as
+  transformer training usually does.
 
 So a *fresh* ``normed_fc`` (output layer and step weights at zero) is AdamW
 with warm-up + cosine at ``learning_rate`` (1e-3 by default), update for
@@ -91,6 +92,7 @@ class NormedFC(LearnedOptimizer):
     warmup_fraction: float = 0.05
     final_lr_fraction: float = 0.0
     weight_decay: float = 1e-4  # initial decoupled weight decay (learned in log space)
+    decay_min_ndim: int = 0  # weight decay acts on leaves of at least this rank (2: matrices and kernels only)
     timescales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
     step_size: str = "fixed"  # "fixed": peak learning_rate; "distance": from Prodigy's D estimate (below)
     distance_exponent: float = 1.0  # "distance": peak learning_rate * (D / learning_rate)**exponent
@@ -108,6 +110,8 @@ class NormedFC(LearnedOptimizer):
             raise OptimizerError(f"normed_fc: step_size must be 'fixed' or 'distance', got {self.step_size!r}")
         if not self.initial_distance > 0 or not 0.0 < self.distance_decay <= 1.0:
             raise OptimizerError("normed_fc: initial_distance must be > 0 and distance_decay in (0, 1]")
+        if self.decay_min_ndim < 0:
+            raise OptimizerError(f"normed_fc: decay_min_ndim must be >= 0, got {self.decay_min_ndim}")
         if not 0.0 <= self.distance_exponent <= 1.0:
             raise OptimizerError(f"normed_fc: distance_exponent must be in [0, 1], got {self.distance_exponent}")
 
@@ -274,9 +278,10 @@ class NormedFC(LearnedOptimizer):
             log_mult = _bounded(log_step_time + tensor @ mp["step"]["w"][n_step:])
             rms_d = _rms(d)
             scale = s * lr_t * jnp.exp(log_mult) * rms_a / rms_d
-            update = -(scale * d) - (s * lr_t * wd) * p
+            decay = s * lr_t * wd if jnp.ndim(p) >= self.decay_min_ndim else jnp.zeros((), jnp.float32)
+            update = -(scale * d) - decay * p
             # An empty leaf has NaN RMSs and no update: it must not skip the step.
-            finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, s * lr_t * wd])).all() if jnp.size(g) else True
+            finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, decay])).all() if jnp.size(g) else True
             if adapts:
                 acc, dot, l1 = distance.leaf_terms(g, moved, acc, self.distance_decay, weight)
                 moved = moved + update
