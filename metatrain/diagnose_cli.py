@@ -66,9 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
                         help="memory allowed for the backprop reference (0: half of what is available)")
     parser.add_argument("--compile-budget-s", type=float, default=d.compile_budget_s,
-                        help="compile backprop programs only where predicted (from one forward truncation's compile, in "
-                             "CPU seconds so that the load does not change the choice) within this many seconds: else the ES reference (with --reference auto) and no backprop "
-                             "estimator, said in the report (0: no cap)")
+                        help="compile backprop programs only where predicted (from one forward truncation's compile, "
+                             "in CPU seconds so that the load does not change the choice) within this many seconds: "
+                             "else the ES reference (with --reference auto) and no backprop estimator, said in the "
+                             "report (0: no cap)")
     parser.add_argument("--sample-budget-s", type=float, default=d.sample_budget_s,
                         help="seconds of sampling the reference and full_es may each spend before stopping early "
                              "(never below 2 samples; 0: no cap)")

@@ -239,9 +239,9 @@ def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions
     if opt.reference == "auto" and probe.cpu > 0:
         predicted = REFERENCE_COMPILE_RATIO * probe.cpu
         if predicted > opt.compile_budget_s:
-            why = (f"backprop through the episode would take ~{predicted:.0f} CPU s to compile ({REFERENCE_COMPILE_RATIO:g}x "
-                   f"the {probe.cpu:.1f} CPU s of one forward truncation), over --compile-budget-s "
-                   f"{opt.compile_budget_s:g}")
+            why = (f"backprop through the episode would take ~{predicted:.0f} CPU s to compile "
+                   f"({REFERENCE_COMPILE_RATIO:g}x the {probe.cpu:.1f} CPU s of one forward truncation), "
+                   f"over --compile-budget-s {opt.compile_budget_s:g}")
     if opt.reference == "backprop" or (opt.reference == "auto" and not why):
         bar.phase("reference: full-episode backprop")
         samples = core.reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,

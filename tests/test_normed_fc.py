@@ -47,7 +47,8 @@ def _max_gap_to(ref, arch, n, atol=1e-10):
         g = grads_at(t)
         u_ref, s_ref = ref.update(g, s_ref, params)
         u, state = update(mp, state, g, params, jnp.float32(1.0 + t))
-        gaps = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b) / (1e-4 * jnp.abs(b) + atol), initial=0.0)), u, u_ref)
+        gaps = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b) / (1e-4 * jnp.abs(b) + atol), initial=0.0)),
+                            u, u_ref)
         gap = max(gap, *jax.tree.leaves(gaps))
         params = optax.apply_updates(params, u)
     assert int(state.step) == n and int(state.skipped) == 0
