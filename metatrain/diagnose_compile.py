@@ -10,6 +10,7 @@ number are in BENCHMARKS.md.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 
@@ -24,6 +25,13 @@ import jax
 # gradients, 1e-5 (pes) to 2e-4 (full_es: 2,000-step loss differences) on ES estimates.
 CHEAP_COMPILE = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 REFERENCE_COMPILE = {"xla_backend_optimization_level": 1}
+
+
+class CompileTime(NamedTuple):
+    """One compile's cost: wall-clock seconds, and CPU seconds of this process (all its threads)."""
+
+    wall: float
+    cpu: float
 
 
 class _Jit:

@@ -29,14 +29,14 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, REFERENCE_COMPILE, jit_with
+from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, REFERENCE_COMPILE, CompileTime, jit_with
 from lopt.metatrain.estimators import ESTIMATORS
 from lopt.metatrain.unroll import EpisodeSchedule, MetaTrainError, Unroller
 
@@ -256,13 +256,6 @@ def reference_cosine(grads: np.ndarray) -> float:
 def more_within(budget_s: float, spent: float, last: float, done: int, least: int = 2) -> bool:
     """Whether one more sample fits: always below ``least`` samples, else if it ends within the budget."""
     return budget_s <= 0 or done < least or spent + last <= budget_s
-
-
-class CompileTime(NamedTuple):
-    """One compile's cost: wall-clock seconds, and CPU seconds of this process (all its threads)."""
-
-    wall: float
-    cpu: float
 
 
 def forward_compile_seconds(objective: EpisodeObjective, meta_params, data, key, chains: int) -> CompileTime:

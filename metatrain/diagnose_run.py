@@ -32,7 +32,7 @@ from lopt.metatrain import build
 from lopt.metatrain import diagnose_core as core
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
-from lopt.metatrain.diagnose_compile import BACKPROP_STEP_COMPILE_RATIO, REFERENCE_COMPILE_RATIO
+from lopt.metatrain.diagnose_compile import BACKPROP_STEP_COMPILE_RATIO, REFERENCE_COMPILE_RATIO, CompileTime
 from lopt.metatrain.diagnose_options import _APPLIES, SWEEP_KEYS, DiagnoseOptions, parse_sweep  # noqa: F401
 
 # ---------------------------------------------------------------------- inputs
@@ -171,7 +171,7 @@ def diagnose(
     total = ref_calls + sum(_calls(j["est"], options) for j in jobs)
     bar = _Progress(total, progress)
     try:
-        probe, skipped = core.CompileTime(0.0, 0.0), []
+        probe, skipped = CompileTime(0.0, 0.0), []
         cap = options.compile_budget_s
         if cap > 0 and (options.reference == "auto" or any(j["estimator"] == "backprop" for j in jobs)):
             bar.phase("predicting backprop's compile time")
@@ -231,7 +231,7 @@ def diagnose(
 
 
 def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar: _Progress,
-               probe: core.CompileTime = core.CompileTime(0.0, 0.0)) -> dict:
+               probe: CompileTime = CompileTime(0.0, 0.0)) -> dict:
     """The reference gradient's samples and quality; ``probe``: one forward truncation's compile time (0: none)."""
     k_ref = jax.random.fold_in(key, 1)
     budget = opt.max_memory_gb * 1e9 if opt.max_memory_gb > 0 else 0.5 * _available_bytes()

@@ -38,9 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +51,7 @@ from lopt.base import tree_all_finite
 from lopt.io import json_safe
 from lopt.metatrain import build, checkpoint, distributed
 from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
+from lopt.metatrain.interrupt import InterruptFlag
 from lopt.metatrain.rundir import check_config_change, remove_stale_tmp, trim_metrics, write_record
 from lopt.metatrain.sharding import TaskMesh
 from lopt.metatrain.validation import MetaValidator
@@ -173,36 +172,6 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- I/O helpers
-class InterruptFlag:
-    """Turns SIGINT into a flag checked between outer steps (main thread only).
-
-    ``lopt train`` enters it before reading the config, so a Ctrl-C during a
-    compile is only noted; a second Ctrl-C gives up at once.
-    """
-
-    def __init__(self, announce: bool = True):
-        self.raised = False
-        self.announce = announce
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.raised:  # second Ctrl-C: give up immediately
-            raise KeyboardInterrupt
-        self.raised = True
-        if self.announce:
-            print("lopt train: stopping at the next outer step (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
 def _mean_metrics(pending: list[dict]) -> dict:
     host = jax.device_get(pending)
     return {k: float(sum(float(m[k]) for m in host) / len(host)) for k in host[0]}
