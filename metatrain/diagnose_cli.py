@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of sampling the reference and full_es may each spend before stopping early "
                              "(never below 2 samples; 0: no cap)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of every sample drawn")
+    parser.add_argument("--no-background-compile", action="store_true",
+                        help="compile each estimator's programs only when it is sampled (default: on a second thread "
+                             "while the reference runs, on machines with 2 or more cores; same samples either way)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -99,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
         max_memory_gb=args.max_memory_gb,
         sample_budget_s=args.sample_budget_s,
         compile_budget_s=args.compile_budget_s,
+        background_compile=not args.no_background_compile,
         seed=args.seed,
         sweeps=tuple(parse_sweep(s) for s in args.sweep),
         sweep_estimators=tuple(e.strip() for e in args.sweep_estimators.split(",") if e.strip()),
@@ -106,10 +110,15 @@ def main(args: argparse.Namespace) -> int:
     result = diagnose(config, options, from_dir=args.from_dir, progress=not args.no_progress,
                       config_name=name)
     paths = write_all(result, args.out)
-    for r in result["ranking"]:
+    truth = result["reference"].get("expected_cosine_to_truth", 1.0)
+    if truth < 0.5:  # as diagnose.md: comparing with a noise reference would rank noise
+        print(f"lopt diagnose: no ranking: the {result['reference']['method']} reference gradient is noise (expected "
+              f"cosine with the true gradient {truth:.2f}); diagnose.md says how to get one")
+    for r in result["ranking"] if truth >= 0.5 else []:
         secs = r["seconds_to_target"]
         shown = f"{secs:.3g} s" if secs is not None and math.isfinite(secs) else "never"
-        cos = "n/a (non-finite samples)" if r["cosine"] is None else f"{r['cosine']:.2f}"
+        cos = ("n/a (non-finite samples)" if r["cosine"] is None
+               else f"{r['cosine']:.2f}" if r["mean_resolved"] else "unresolved (mean below its noise)")
         print(f"lopt diagnose: {r['estimator']:>8}: bias cosine {cos}, "
               f"seconds to cosine {options.target_cosine:g}: {shown}")
     print(f"lopt diagnose: wrote {', '.join(str(p) for p in paths)}")

@@ -65,6 +65,9 @@ class DiagnoseOptions:
     # else the reference (with reference=auto) is the antithetic-ES one and the backprop estimator
     # is reported as not measured (a 6-family mixture's did not compile in 13 minutes). 0 = no cap.
     compile_budget_s: float = 120.0
+    # Compile the estimators' programs on a second thread while the reference runs (on machines
+    # with >= 2 cores; samples are unchanged, see diagnose_warm).
+    background_compile: bool = True
     seed: int = 0
     sweeps: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     sweep_estimators: tuple[str, ...] = ()  # estimators the sweeps measure; () = all of ``estimators``

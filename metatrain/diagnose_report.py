@@ -55,7 +55,7 @@ def _table(rows: list[dict], target: float, first: str = "estimator") -> list[st
         lines.append(
             f"| {name} | {r['truncation_length']} | {_num(r['std'], '{:g}') if r['std'] is not None else '-'} | "
             f"{_point(r)} [{lo:.2f}, {hi:.2f}] | "
-            f"{r['rel_error']:.2f} | {r['variance']:.3g} | "
+            f"{r['rel_error']:.3g} | {r['variance']:.3g} | "
             f"{r['autocorr_time']:.1f} | {_num(r['samples_to_target'])} | {r['seconds_per_estimate']:.3g} | "
             f"{r['inner_steps_per_estimate']:,} | **{_num(r['seconds_to_target'])}** |"
         )
