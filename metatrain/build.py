@@ -8,6 +8,7 @@ meta-optimizer from one config.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | 
     from lopt.base import OptimizerError
 
     try:
-        trained = load(path)
+        trained = load(init_from_file(path))
     except (OSError, OptimizerError) as err:
         raise ConfigError(f"optimizer.init_from: cannot read {path!r}: {err}") from None
     if config.optimizer.init_from_partial:
@@ -93,6 +94,18 @@ def load_init_meta_params(config: TrainConfig, arch: LearnedOptimizer) -> Any | 
     elif trained.arch != arch:
         raise ConfigError(f"optimizer.init_from: {path!r} holds {trained.arch!r}, but the config builds {arch!r}")
     return jax.tree.map(np.asarray, trained.meta_params)
+
+
+def init_from_file(value: str) -> Path:
+    """The file ``optimizer.init_from`` names: a path, or ``pretrained:NAME`` for a shipped optimizer.
+
+    The shipped name works from any directory (a relative path to the
+    package's file only from the repository root); a recipe records the
+    file's SHA-256, which pins the weights a name meant when it ran.
+    """
+    from lopt.pretrained import PREFIX, path_of
+
+    return path_of(value[len(PREFIX):]) if value.startswith(PREFIX) else Path(value)
 
 
 def overlay_meta_params(fresh: Any, loaded: Any, where: str = "meta_params") -> Any:

@@ -37,6 +37,7 @@ import yaml
 
 from lopt import configs
 from lopt.io import json_safe
+from lopt.metatrain import build
 from lopt.metatrain.config import ConfigError, TrainConfig, check, from_dict, set_dotted, to_dict, yaml_load
 
 PREVIOUS = "previous"  # optimizer.init_from value: the stage before's result
@@ -222,7 +223,8 @@ def run_recipe(
             "config": to_dict(config),
             "seed": config.seed,
             "outer_steps": config.num_outer_steps,
-            "init_from_sha256": file_sha256(Path(config.optimizer.init_from)) if config.optimizer.init_from else "",
+            "init_from_sha256": (file_sha256(build.init_from_file(config.optimizer.init_from))
+                                     if config.optimizer.init_from else ""),
             "wall_s": time.perf_counter() - wall0,
             "cpu_s": time.process_time() - cpu0,
             "resumed": resumed,  # times then cover only the part run by the invocation that finished it

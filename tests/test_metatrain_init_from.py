@@ -73,3 +73,21 @@ def test_overlay_names_the_first_mismatching_tensor():
         overlay_meta_params(fresh, {"a": np.ones((2,)), "b": {"c": np.ones((4,))}})
     with pytest.raises(ConfigError, match=r"meta_params has no 'z'"):
         overlay_meta_params(fresh, {"z": np.ones((2,))})
+
+
+def test_init_from_a_shipped_name_reads_the_packaged_file_from_any_directory(tmp_path, monkeypatch):
+    """``pretrained:NAME`` warm-starts from the shipped file, also outside the repository root."""
+    import lopt
+    from lopt.metatrain.build import init_from_file
+
+    monkeypatch.chdir(tmp_path)
+    shipped = lopt.pretrained("default_v2")
+    config = TrainConfig(optimizer=OptimizerConfig(shipped.arch.arch, {}, "pretrained:default_v2"))
+    got = load_init_meta_params(config, shipped.arch)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(shipped.meta_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert init_from_file("pretrained:default_v2").is_file()
+    assert str(init_from_file("some/run/optimizer.safetensors")) == "some/run/optimizer.safetensors"
+    with pytest.raises(ConfigError, match="unknown pretrained optimizer 'no_such'"):
+        load_init_meta_params(TrainConfig(optimizer=OptimizerConfig("small_fc", {}, "pretrained:no_such")),
+                              architectures.get("small_fc"))

@@ -49,12 +49,17 @@ def pretrained(name: str | None = None, search_path: Sequence[str | os.PathLike]
         return available(search_path)
     from lopt.trained import load
 
+    return load(path_of(name, search_path))
+
+
+def path_of(name: str, search_path: Sequence[str | os.PathLike] | None = None) -> Path:
+    """The file of the pretrained optimizer ``name`` (where :func:`pretrained` reads it from)."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
         raise OptimizerError(f"invalid pretrained optimizer name {name!r}")
     for d in _dirs(search_path):
         path = d / f"{name}{SUFFIX}"
         if path.is_file():
-            return load(path)
+            return path
     shipped = available(search_path)
     raise OptimizerError(
         f"unknown pretrained optimizer {name!r}; available: {', '.join(shipped) if shipped else '(none shipped yet)'}"
