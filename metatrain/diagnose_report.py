@@ -76,7 +76,8 @@ def markdown(result: dict) -> str:
         f"meta-loss `{obj['meta_loss']}`/`{obj['loss_transform']}`, {obj['num_tasks']} tasks per estimate.",
         f"Machine: {mach['cpu_count']} CPUs, load average {mach['load_average_1_5_15']}, jax {mach['jax']}, "
         f"{mach['date_utc']} UTC; {result['wall_seconds']:.0f} s in all"
-        + (f" ({result['cpu_seconds']:.0f} s of CPU, {result['compile_seconds']:.0f} s compiling)"
+        + (f" ({result['cpu_seconds']:.0f} s of CPU, {result['compile_seconds']:.0f} s compiling"
+           + (", two compiles at a time" if result.get("background_compile") else "") + ")"
            if "cpu_seconds" in result else "") + ".",
         "",
         f"Reference: full-episode **{ref['method']}** ({ref['samples']} samples"

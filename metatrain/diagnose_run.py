@@ -229,6 +229,7 @@ def diagnose(
         "sweeps": [r for r in rows if r["sweep"] is not None],
         "samples": raw,  # flattened gradients (written to samples.npz, not to the JSON)
     }
+    result["background_compile"] = warmer.pool is not None  # estimators compiled on a second thread
     result["ranking"] = ranking(result["results"])
     result["best_truncation_length"] = best_setting(result["sweeps"], "truncation_length")
     result["best_std"] = best_setting(result["sweeps"], "std")

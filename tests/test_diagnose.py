@@ -355,6 +355,10 @@ def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
     assert [r["estimator"] for r in result["results"]] == ["pes"]
     assert [r["estimator"] for r in result["skipped"]] == ["backprop"]
     assert "`backprop` not measured: its step would take" in (out / "diagnose.md").read_text()
+    import os
+
+    assert result["background_compile"] == ((os.cpu_count() or 1) >= 2)  # the default, where a second core exists
+    assert ("two compiles at a time" in (out / "diagnose.md").read_text()) == result["background_compile"]
     # the printed summary ranks only against a reference that is not noise, as diagnose.md does
     printed = capsys.readouterr().out
     assert ("no ranking: the es reference gradient is noise" in printed) == (
