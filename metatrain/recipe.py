@@ -37,7 +37,6 @@ import yaml
 
 from lopt import configs
 from lopt.io import json_safe
-from lopt.metatrain import build
 from lopt.metatrain.config import ConfigError, TrainConfig, check, from_dict, set_dotted, to_dict, yaml_load
 
 PREVIOUS = "previous"  # optimizer.init_from value: the stage before's result
@@ -203,6 +202,8 @@ def run_recipe(
     ``train_fn(config, stage_dir)`` is the trainer (``lopt.metatrain.trainer.train``
     with the caller's options bound); it resumes a stage that was interrupted.
     """
+    from lopt.metatrain.build import init_from_file  # a file path or pretrained:NAME; imports jax, so here
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _read_state(out, recipe)
@@ -223,7 +224,7 @@ def run_recipe(
             "config": to_dict(config),
             "seed": config.seed,
             "outer_steps": config.num_outer_steps,
-            "init_from_sha256": (file_sha256(build.init_from_file(config.optimizer.init_from))
+            "init_from_sha256": (file_sha256(init_from_file(config.optimizer.init_from))
                                      if config.optimizer.init_from else ""),
             "wall_s": time.perf_counter() - wall0,
             "cpu_s": time.process_time() - cpu0,
