@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
     from lopt.metatrain.diagnose_report import write_all
     from lopt.metatrain.diagnose_options import DiagnoseOptions, parse_sweep
     from lopt.metatrain.diagnose_run import diagnose
+    from lopt.metatrain.diagnose_stats import reference_is_noise
 
     config, name = config_from_args(args)
     estimators = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
@@ -110,11 +111,12 @@ def main(args: argparse.Namespace) -> int:
     result = diagnose(config, options, from_dir=args.from_dir, progress=not args.no_progress,
                       config_name=name)
     paths = write_all(result, args.out)
-    truth = result["reference"].get("expected_cosine_to_truth", 1.0)
-    if truth < 0.5:  # as diagnose.md: comparing with a noise reference would rank noise
-        print(f"lopt diagnose: no ranking: the {result['reference']['method']} reference gradient is noise (expected "
-              f"cosine with the true gradient {truth:.2f}); diagnose.md says how to get one")
-    for r in result["ranking"] if truth >= 0.5 else []:
+    ref = result["reference"]
+    noise = reference_is_noise(ref)  # as diagnose.md: comparing with a noise reference would rank noise
+    if noise:
+        print(f"lopt diagnose: no ranking: the {ref['method']} reference gradient is noise (expected "
+              f"cosine with the true gradient {ref['expected_cosine_to_truth']:.2f}); diagnose.md says how to get one")
+    for r in [] if noise else result["ranking"]:
         secs = r["seconds_to_target"]
         shown = f"{secs:.3g} s" if secs is not None and math.isfinite(secs) else "never"
         cos = ("n/a (non-finite samples)" if r["cosine"] is None

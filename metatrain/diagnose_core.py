@@ -186,18 +186,25 @@ def _first_branches(groups, nb: int):
     return tuple(g.replace(branches=jax.tree.map(lambda x: x[:, :, :nb], g.branches)) for g in groups)
 
 
-def _init_chains(est: Any, meta_params, keys):
+def shared_init_unroller(u: Unroller) -> Unroller:
+    """The unroller whose compiled init :func:`_init_chains` shares between pes, es and backprop."""
+    return dataclasses.replace(u, num_branches=2)
+
+
+def _init_chains(est: Any, meta_params, keys, init_groups=None):
     """``est.init`` on each chain, from one compile shared by pes, es and backprop.
 
     Their unrollers differ at most in ``num_branches``; branches start equal
     (the same task params and optimizer state), so backprop's one branch is the
     first of the two. The rest of the state (PES's accumulators) starts at zero.
+    ``init_groups`` replaces the compiled :func:`_init_groups` (its plain
+    function, so that the state's shapes can be traced with ``jax.eval_shape``).
     """
     shape = jax.eval_shape(lambda: jax.vmap(lambda k: est.init(meta_params, k))(keys))
     if not shape.groups:  # full_es keeps no state
         return jax.vmap(lambda k: est.init(meta_params, k))(keys)
     u = est.unroller
-    groups = _init_groups(dataclasses.replace(u, num_branches=2), meta_params, keys)
+    groups = (init_groups or _init_groups)(shared_init_unroller(u), meta_params, keys)
     if u.num_branches != 2:
         groups = _first_branches(groups, u.num_branches)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shape.accum)

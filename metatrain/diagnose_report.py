@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lopt.metatrain.diagnose_stats import reference_is_noise
+
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
@@ -93,7 +95,7 @@ def markdown(result: dict) -> str:
         "",
     ]
     rank = result["ranking"]
-    if ref.get("expected_cosine_to_truth", 1.0) < 0.5:  # comparing with noise would rank noise
+    if reference_is_noise(ref):  # comparing with noise would rank noise
         out += [f"**No ranking: the reference itself is noise** (its expected cosine with the true gradient is "
                 f"{ref['expected_cosine_to_truth']:.2f}); draw more reference samples (`--reference-es-samples`, "
                 "`--sample-budget-s`) or "

@@ -178,6 +178,15 @@ def compare(
     }
 
 
+# Below this expected cosine with the true gradient the reference is too noisy to rank estimators against.
+NOISY_REFERENCE_COSINE = 0.5
+
+
+def reference_is_noise(reference: dict) -> bool:
+    """Whether a reference (``reference_quality``'s fields) is too noisy to rank estimators against."""
+    return reference.get("expected_cosine_to_truth", 1.0) < NOISY_REFERENCE_COSINE
+
+
 def reference_quality(ref: np.ndarray) -> dict[str, float]:
     """How well the reference mean points at the truth: expected cosine and a split-half check."""
     ref = np.asarray(ref, np.float64)

@@ -6,9 +6,10 @@ two or more cores the estimators' programs are compiled ahead of time, one at a
 time, on a worker thread, while the main thread compiles and samples the
 reference gradient and samples the estimators whose programs are ready. Warming
 starts after the probe that predicts backprop's compile time, whose CPU seconds
-(all threads of the process) must not include another compile. ``jax.jit`` keeps what ``lower(...).compile()`` built, so
-each estimator's sampling finds its programs compiled: the samples are the
-same numbers as without warming (same programs, same inputs; tested).
+(all threads of the process) must not include another compile. ``jax.jit``
+keeps what ``lower(...).compile()`` built, so each estimator's sampling finds
+its programs compiled: the samples are the same numbers as without warming
+(same programs, same inputs; tested).
 
 The main thread waits for an estimator's warm-up before sampling it, so no
 program is ever compiled twice at once.
@@ -17,7 +18,6 @@ program is ever compiled twice at once.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import os
 import time
 from typing import Any
@@ -39,13 +39,9 @@ def warm_estimator(est: Any, meta_params, data, key, chains: int) -> CompileTime
     """
     t0, c0 = time.perf_counter(), time.thread_time()
     keys = jax.random.split(key, chains)
-    u = est.unroller
-    state = jax.eval_shape(lambda: jax.vmap(lambda k: est.init(meta_params, k))(keys))
+    state = jax.eval_shape(lambda: core._init_chains(est, meta_params, keys, init_groups=core._init_groups.fun))
     if state.groups:  # full_es keeps no state: nothing to initialize
-        two = dataclasses.replace(u, num_branches=2)  # the init shared by pes, es and backprop (_init_chains)
-        groups = jax.eval_shape(lambda: core._first_branches(core._init_groups.fun(two, meta_params, keys), u.num_branches))
-        state = state.replace(groups=groups)
-        core._init_groups.lower(two, meta_params, keys).compile()
+        core._init_groups.lower(core.shared_init_unroller(est.unroller), meta_params, keys).compile()
     if core.burn_in_steps(est) and isinstance(est, ESTIMATORS["backprop"]):
         core._advance_chains.lower(est.unroller, meta_params, state.groups, keys, data).compile()
     core._step_chains.lower(est, meta_params, state, keys, data).compile()
