@@ -14,7 +14,8 @@ At the config's meta-parameters (fresh, ``optimizer.init_from``, or a run's
 newest checkpoint with ``--from DIR``) every estimator is compared with a
 reference gradient of the same full-episode meta-objective (exact backprop
 through whole episodes where it fits in memory and is predicted to compile
-within ``--compile-budget-s``, else many-sample antithetic ES): bias (cosine
+within ``--compile-budget-s``, else directional derivatives in a subspace, see
+:mod:`lopt.metatrain.diagnose_subspace`): bias (cosine
 and relative error of its mean), per-sample variance and the samples needed
 to reach ``--target-cosine``, and the cost in seconds and inner steps per
 estimate, hence seconds per unit of signal. ``--sweep key=v1,v2``
@@ -56,8 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=d.samples, help="estimates per chain (pes, es, backprop)")
     parser.add_argument("--chains", type=int, default=d.chains, help="independent chains (pes, es, backprop)")
     parser.add_argument("--full-es-samples", type=int, default=d.full_es_samples, help="full_es estimates")
-    parser.add_argument("--reference", default=d.reference, choices=("auto", "backprop", "es"),
-                        help="reference gradient: exact backprop (auto: where it fits in memory) or antithetic ES")
+    parser.add_argument("--reference", default=d.reference, choices=("auto", "backprop", "subspace", "es"),
+                        help="reference gradient: exact backprop; subspace: directional derivatives of the "
+                             "full-episode objective along --subspace-dims random directions (estimators are compared "
+                             "through the same projection); es: full-dimensional antithetic ES. auto: backprop where "
+                             "it fits in memory and the compile budget, else subspace")
+    parser.add_argument("--subspace-dims", type=int, default=d.subspace_dims,
+                        help="random directions of the subspace reference (each one antithetic pair of whole "
+                             "episodes per reference sample)")
     parser.add_argument("--reference-samples", type=int, default=d.reference_samples,
                         help="full-episode backprop gradients, each over all the config's tasks (more, up to 16x, "
                              "while their mean's expected cosine with the truth is below 0.99 and the budget allows)")
@@ -66,10 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
                         help="memory allowed for the backprop reference (0: half of what is available)")
     parser.add_argument("--compile-budget-s", type=float, default=d.compile_budget_s,
-                        help="compile backprop programs only where predicted (from one forward truncation's compile, "
-                             "in CPU seconds so that the load does not change the choice) within this many seconds: "
-                             "else the ES reference (with --reference auto) and no backprop estimator, said in the "
-                             "report (0: no cap)")
+                        help="compile the backprop estimator's step only where predicted (from one forward "
+                             "truncation's compile, in CPU seconds so that the load does not change the choice) within "
+                             "this many seconds: else it is listed as not measured, with the reason (0: no cap)")
+    parser.add_argument("--reference-compile-budget-s", type=float, default=d.reference_compile_budget_s,
+                        help="with --reference auto, draw the exact backprop reference only where its compile is "
+                             "predicted (as above) within this many CPU seconds, else the subspace reference (0: no cap)")
     parser.add_argument("--sample-budget-s", type=float, default=d.sample_budget_s,
                         help="seconds of sampling the reference and full_es may each spend before stopping early "
                              "(never below 2 samples; 0: no cap)")
@@ -100,9 +109,11 @@ def main(args: argparse.Namespace) -> int:
         reference=args.reference,
         reference_samples=args.reference_samples,
         reference_es_samples=args.reference_es_samples,
+        subspace_dims=args.subspace_dims,
         max_memory_gb=args.max_memory_gb,
         sample_budget_s=args.sample_budget_s,
         compile_budget_s=args.compile_budget_s,
+        reference_compile_budget_s=args.reference_compile_budget_s,
         background_compile=not args.no_background_compile,
         seed=args.seed,
         sweeps=tuple(parse_sweep(s) for s in args.sweep),

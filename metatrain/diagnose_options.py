@@ -51,9 +51,13 @@ class DiagnoseOptions:
     samples: int = 24  # consecutive estimates per chain (pes, es, backprop), after the burn-in
     chains: int = 2
     full_es_samples: int = 6
-    reference: str = "auto"  # auto | backprop | es
+    # auto: exact backprop where it fits, else the subspace reference; es: full-dimensional antithetic ES
+    reference: str = "auto"  # auto | backprop | subspace | es
     reference_samples: int = 4  # exact full-episode gradients (each over all the config's tasks)
     reference_es_samples: int = 64  # antithetic pairs when the reference is ES
+    # random directions of the subspace reference (diagnose_subspace): each costs one antithetic pair of
+    # whole episodes per reference sample; |reference|^2 measured through k of them is off by ~sqrt(2 / k)
+    subspace_dims: int = 16
     max_memory_gb: float = 0.0  # backprop reference budget; 0 = half the available memory
     chunk: int = 0  # steps per checkpointed chunk of the reference; 0 = ~sqrt(episode)
     # The expensive samplers (the reference and full_es: whole episodes each) stop early, at
@@ -65,6 +69,11 @@ class DiagnoseOptions:
     # else the reference (with reference=auto) is the antithetic-ES one and the backprop estimator
     # is reported as not measured (a 6-family mixture's did not compile in 13 minutes). 0 = no cap.
     compile_budget_s: float = 120.0
+    # With reference=auto the exact backprop reference is drawn only where its compile is predicted
+    # (the same way) within this many CPU seconds; else the subspace reference, which compiles in
+    # ~3 forward truncations' time (on mup: 55 s against backprop's 144 s) but samples after the
+    # estimators, so on mup the whole run took about as long either way (BENCHMARKS.md). 0 = no cap.
+    reference_compile_budget_s: float = 120.0
     # Compile the estimators' programs on a second thread while the reference runs (on machines
     # with >= 2 cores; samples are unchanged, see diagnose_warm).
     background_compile: bool = True
@@ -76,15 +85,18 @@ class DiagnoseOptions:
         bad = [e for e in self.estimators + self.sweep_estimators if e not in KINDS]
         if bad or not self.estimators:
             raise _error(f"--estimators: unknown {bad[0] if bad else '(none)'!r}; valid: {', '.join(KINDS)}")
-        if self.reference not in ("auto", "backprop", "es"):
-            raise _error(f"--reference {self.reference!r}; valid: auto, backprop, es")
+        if self.reference not in ("auto", "backprop", "subspace", "es"):
+            raise _error(f"--reference {self.reference!r}; valid: auto, backprop, subspace, es")
         if not self.compile_budget_s >= 0.0:
             raise _error(f"--compile-budget-s must be >= 0 (0: no cap), got {self.compile_budget_s}")
+        if not self.reference_compile_budget_s >= 0.0:
+            raise _error(f"--reference-compile-budget-s must be >= 0 (0: no cap), got {self.reference_compile_budget_s}")
         if not self.sample_budget_s >= 0.0:
             raise _error(f"--sample-budget-s must be >= 0 (0: no cap), got {self.sample_budget_s}")
         if not 0.0 < self.target_cosine < 1.0:
             raise _error(f"--target-cosine must be in (0, 1), got {self.target_cosine}")
-        for name in ("samples", "chains", "full_es_samples", "reference_samples", "reference_es_samples"):
+        for name in ("samples", "chains", "full_es_samples", "reference_samples", "reference_es_samples",
+                     "subspace_dims"):
             least = 1 if name == "chains" else 2
             if getattr(self, name) < least:
                 raise _error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")

@@ -82,7 +82,12 @@ def markdown(result: dict) -> str:
            + (", two compiles at a time" if result.get("background_compile") else "") + ")"
            if "cpu_seconds" in result else "") + ".",
         "",
-        f"Reference: full-episode **{ref['method']}** ({ref['samples']} samples"
+        f"Reference: full-episode **{ref['method']}**"
+        + (f" (directional derivatives along the {ref['subspace_exact_dims']} directions of the estimators' means, "
+           f"exact, and {ref['subspace_random_dims']} random Gaussian ones for the rest; every estimator is compared "
+           "in these coordinates, and the intervals include the random projection's error)"
+           if ref["method"] == "subspace" else "")
+        + f" ({ref['samples']} samples"
         + (f" of {ref['requested_samples']} requested, capped by --sample-budget-s {opt.get('sample_budget_s', 0):g}"
            if (ref.get("requested_samples") or 0) > ref["samples"] else "")
         + (f" (more than the {ref['requested_samples']} requested while its mean was noisy)"
@@ -97,9 +102,10 @@ def markdown(result: dict) -> str:
     rank = result["ranking"]
     if reference_is_noise(ref):  # comparing with noise would rank noise
         out += [f"**No ranking: the reference itself is noise** (its expected cosine with the true gradient is "
-                f"{ref['expected_cosine_to_truth']:.2f}); draw more reference samples (`--reference-es-samples`, "
-                "`--sample-budget-s`) or "
-                + ("let backprop compile (`--compile-budget-s 0`)." if "to compile" in ref.get("fallback_reason", "")
+                f"{ref['expected_cosine_to_truth']:.2f}); draw more reference samples ("
+                + ("`--reference-samples`" if ref["method"] == "subspace" else "`--reference-es-samples`")
+                + ", `--sample-budget-s`) or "
+                + ("let backprop compile (`--reference backprop`)." if "to compile" in ref.get("fallback_reason", "")
                    else "make backprop through the episode finite."), ""]
         rank = []
     if rank:

@@ -30,9 +30,10 @@ import jax
 import numpy as np
 from lopt.metatrain import build
 from lopt.metatrain import diagnose_core as core
+from lopt.metatrain import diagnose_reference
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
-from lopt.metatrain.diagnose_compile import BACKPROP_STEP_COMPILE_RATIO, REFERENCE_COMPILE_RATIO, CompileTime
+from lopt.metatrain.diagnose_compile import BACKPROP_STEP_COMPILE_RATIO, CompileTime
 from lopt.metatrain.diagnose_options import _APPLIES, SWEEP_KEYS, DiagnoseOptions, parse_sweep  # noqa: F401
 from lopt.metatrain.diagnose_warm import Warmer
 
@@ -88,17 +89,6 @@ def machine_info() -> dict[str, Any]:
         "jax": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
     }
-
-
-def _available_bytes() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8e9
 
 
 # ---------------------------------------------------------------------- the run
@@ -177,11 +167,12 @@ def diagnose(
     try:
         probe, skipped = CompileTime(0.0, 0.0), []
         cap = options.compile_budget_s
-        if cap > 0 and (options.reference == "auto" or any(j["estimator"] == "backprop" for j in jobs)):
+        bp_jobs = any(j["estimator"] == "backprop" for j in jobs)
+        if (cap > 0 and bp_jobs) or (options.reference == "auto" and options.reference_compile_budget_s > 0):
             bar.phase("predicting backprop's compile time")
             probe = core.forward_compile_seconds(objective, meta_params, data, jax.random.fold_in(key, 1), options.chains)
             step = BACKPROP_STEP_COMPILE_RATIO * probe.cpu
-            if step > cap:  # a truncated-backprop step would compile for longer than the run should take
+            if cap > 0 and step > cap:  # a truncated-backprop step would compile for longer than the run should take
                 why = (f"its step would take ~{step:.0f} CPU s to compile ({BACKPROP_STEP_COMPILE_RATIO:g}x the "
                        f"{probe.cpu:.1f} CPU s of one forward truncation), over --compile-budget-s {cap:g}")
                 skipped = [{"estimator": j["estimator"], "sweep": j["sweep"], "value": j["value"], "reason": why}
@@ -190,10 +181,11 @@ def diagnose(
                 jobs = [j for j in jobs if j["estimator"] != "backprop"]
         # after the probe: its CPU seconds (all threads) must not include another compile
         warm(jobs)
-        reference = _reference(objective, meta_params, data, key, settings, options, bar, probe)
-        ref_grads = reference.pop("grads")
-        # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
-        rows, raw = [], {"reference": ref_grads, "meta_params": np.asarray(core._flat(meta_params))[None]}
+        reference, pending = diagnose_reference.draw(objective, meta_params, data, key, settings, options, bar, probe,
+                                        num_jobs=len(jobs))
+        bar.phase("compiling the estimators")
+        warmer.drain()  # from here on nothing compiles while an estimator is timed
+        sampled = []
         for i, j in enumerate(jobs):
             what = j["estimator"] if j["sweep"] is None else f"{j['estimator']} {j['sweep']}={j['value']}"
             bar.phase(f"{what} ({i + 1}/{len(jobs)})")
@@ -203,7 +195,17 @@ def diagnose(
                                       chains=j["chains"], tick=bar.tick, budget_s=options.sample_budget_s)
             if warmed is not None:  # compiled on the worker thread: its first call found the programs ready
                 s = dataclasses.replace(s, compile_seconds=warmed.wall)
-            rows.append(_row(j, s, ref_grads, options))
+            sampled.append((j, s))
+        if pending is not None:  # the subspace reference: along the estimators' means (now known), and more
+            reference = pending(bar, [diagnose_reference.finite_mean(s.grads) for _, s in sampled])
+        ref_grads, basis = reference.pop("grads"), reference.pop("basis")
+        # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
+        raw = {"reference": ref_grads, "meta_params": np.asarray(core._flat(meta_params))[None]}
+        if basis is not None:  # the subspace reference's coordinates are along these rows
+            raw["basis_exact"], raw["basis_random"] = basis.exact, basis.random
+        rows = []
+        for i, (j, s) in enumerate(sampled):
+            rows.append(_row(j, s, ref_grads, options, basis))
             raw[f"{i:02d}_{j['estimator']}" + (f"_{j['sweep']}={j['value']}" if j["sweep"] else "")] = s.grads
     finally:
         warmer.close()
@@ -240,63 +242,14 @@ def diagnose(
     return result
 
 
-def _reference(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar: _Progress,
-               probe: CompileTime = CompileTime(0.0, 0.0)) -> dict:
-    """The reference gradient's samples and quality; ``probe``: one forward truncation's compile time (0: none)."""
-    k_ref = jax.random.fold_in(key, 1)
-    budget = opt.max_memory_gb * 1e9 if opt.max_memory_gb > 0 else 0.5 * _available_bytes()
-    samples, method, why, predicted = None, "backprop", "", None
-    if opt.reference == "auto" and probe.cpu > 0:
-        predicted = REFERENCE_COMPILE_RATIO * probe.cpu
-        if predicted > opt.compile_budget_s:
-            why = (f"backprop through the episode would take ~{predicted:.0f} CPU s to compile "
-                   f"({REFERENCE_COMPILE_RATIO:g}x the {probe.cpu:.1f} CPU s of one forward truncation), "
-                   f"over --compile-budget-s {opt.compile_budget_s:g}")
-    if opt.reference == "backprop" or (opt.reference == "auto" and not why):
-        bar.phase("reference: full-episode backprop")
-        samples = core.reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
-                                          max_bytes=budget if opt.reference == "auto" else None,
-                                          budget_s=opt.sample_budget_s, max_samples=16 * opt.reference_samples)
-        if samples is None:
-            why = f"backprop through the episode needs more than {budget / 1e9:.1f} GB"
-        elif opt.reference == "auto" and np.sum(np.all(np.isfinite(samples.grads[0]), axis=1)) < 2:
-            bad = int(np.sum(~np.all(np.isfinite(samples.grads[0]), axis=1)))
-            why = (f"backprop through the episode gave non-finite gradients in {bad} of {len(samples.grads[0])} "
-                   "samples (exploding or undefined derivatives through the unroll)")
-            samples = None
-    if samples is None:
-        method = "es"
-        bar.phase("reference: full-episode antithetic ES")
-        bar.bar.total += -(-opt.reference_es_samples // 4) - (opt.reference_samples if opt.reference == "auto" else 0)
-        samples = core.reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std,
-                                    tick=bar.tick, budget_s=opt.sample_budget_s)
-    grads = samples.grads[0]
-    finite = np.all(np.isfinite(grads), axis=1)
-    if np.sum(finite) < 2:
-        raise ConfigError(f"the {method} reference gradient was non-finite in {int(np.sum(~finite))} of {len(grads)} "
-                          "samples: the meta-objective diverges at these meta-parameters")
-    grads = grads[finite]
-    quality = stats.reference_quality(grads)
-    return {
-        "method": method,
-        "fallback_reason": why,
-        "predicted_backprop_compile_seconds": predicted,
-        "probe_compile_seconds": probe.wall,  # the forward truncation compiled for the prediction (backprop reuses it)
-        "probe_compile_cpu_seconds": probe.cpu,  # what the prediction uses: independent of the machine's load
-        **quality,
-        "seconds_per_sample": samples.seconds_per_estimate,
-        "compile_seconds": samples.compile_seconds,
-        "inner_steps_per_sample": samples.inner_steps_per_estimate,
-        "memory_bytes": samples.extra.get("memory_bytes"),
-        "chunk": objective.unroller.truncation_length,
-        "nonfinite_samples": int(np.sum(~finite)),
-        "requested_samples": samples.extra.get("requested"),
-        "grads": grads,
-    }
-
-
-def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions) -> dict:
-    res = stats.compare(s.grads, ref_grads, opt.target_cosine, seed=opt.seed)
+def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions, basis=None) -> dict:
+    """One estimator's statistics; with a subspace reference, in the coordinates of its ``basis``."""
+    if basis is None:
+        res = stats.compare(s.grads, ref_grads, opt.target_cosine, seed=opt.seed)
+    else:  # the autocorrelation time is the estimator's own: from its full samples
+        tau = stats.autocorrelation_time(s.grads) if np.all(np.isfinite(s.grads)) else 1.0
+        res = stats.compare(basis.coords(s.grads), ref_grads, opt.target_cosine, seed=opt.seed,
+                            random_coords=basis.dims[1], tau=tau)
     u = job["est"].unroller
     secs = s.seconds_per_estimate
     row = {

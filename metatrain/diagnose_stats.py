@@ -128,8 +128,20 @@ def compare(
     target: float = 0.5,
     seed: int = 0,
     bootstrap: int = 200,
+    random_coords: int = 0,
+    tau: float | None = None,
 ) -> dict[str, Any]:
-    """Bias, variance and samples-to-signal of ``samples`` (chains, steps, d) against ``ref`` (k, d)."""
+    """Bias, variance and samples-to-signal of ``samples`` (chains, steps, d) against ``ref`` (k, d).
+
+    ``random_coords``: the last this many coordinates are independent random
+    projections (:mod:`lopt.metatrain.diagnose_subspace`), each an unbiased
+    term of every dot product; the bootstrap then resamples them too, so the
+    intervals include the projection's error as well as the samples'.
+    ``tau``: the samples' autocorrelation time when it is known better than
+    from ``samples`` (from the unprojected samples: it is the estimator's own
+    property, and a ratio of traces over a few block means is noisy in a few
+    random coordinates).
+    """
     samples = np.asarray(samples, np.float64)
     if samples.ndim == 2:
         samples = samples[None]
@@ -140,7 +152,8 @@ def compare(
     flat = flat[finite]
     if len(flat) < 2:
         return {"usable_samples": int(len(flat)), "nonfinite_samples": dropped, "error": "fewer than 2 finite samples"}
-    tau = autocorrelation_time(samples) if dropped == 0 else 1.0
+    if tau is None:
+        tau = autocorrelation_time(samples) if dropped == 0 else 1.0
     point = _core(flat, ref, tau)
     rng = np.random.default_rng(seed)
     # block bootstrap: blocks of ~tau consecutive estimates keep the chains' correlation
@@ -150,6 +163,10 @@ def compare(
     for _ in range(bootstrap):
         bx = blocks[rng.integers(0, len(blocks), len(blocks))].reshape(-1, samples.shape[-1])
         br = ref[rng.integers(0, len(ref), len(ref))]
+        if random_coords:
+            fixed = ref.shape[1] - random_coords
+            cols = np.concatenate([np.arange(fixed), fixed + rng.integers(0, random_coords, random_coords)])
+            bx, br = bx[:, cols], br[:, cols]
         boot.append(_core(bx, br, tau)["cosine"])
     lo, hi = np.percentile(boot, [5, 95]) if boot else (math.nan, math.nan)
     n_iid = samples_to_cosine(point["proj"], point["mean_norm2"], point["variance"], target)

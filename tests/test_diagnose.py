@@ -252,6 +252,81 @@ def test_compare_recovers_a_known_bias():
     assert res["autocorr_time"] == pytest.approx(1.0, abs=0.5)
 
 
+# ---------------------------------------------------------------- subspace reference
+def test_subspace_coordinates_keep_dot_products():
+    """Along the exact rows dot products are exact; off them, unbiased through the Gaussian rows."""
+    from lopt.metatrain import diagnose_subspace as sub
+
+    rng = np.random.default_rng(0)
+    d = 300
+    a, b, c = rng.standard_normal((3, d))
+    basis = sub.make_basis([a, 2 * a, np.full(d, np.nan)], 2, sub.random_rows(d, 4000, seed=1), seed=1)
+    assert basis.dims == (2, 4000)  # a dependent and a non-finite mean add nothing; padding keeps the count
+    np.testing.assert_allclose(basis.exact @ basis.exact.T, np.eye(2), atol=1e-12)
+    ca, cb, cc = basis.coords(np.stack([a, b, c]))
+    assert ca @ cb == pytest.approx(a @ b, rel=1e-9)  # a lies in the exact span: no projection error
+    assert cb @ cc == pytest.approx(b @ c, abs=4 * np.linalg.norm(b) * np.linalg.norm(c) / np.sqrt(4000))
+    assert cc @ cc == pytest.approx(c @ c, rel=0.1)
+    # the reference's coordinates from directional derivatives along basis.directions() are coords(r)
+    np.testing.assert_allclose(basis.reference_coords((basis.directions().astype(np.float64) @ c)[None])[0], cc,
+                               rtol=1e-5, atol=1e-5 * np.abs(cc).max())
+
+
+def test_subspace_reference_is_the_projected_full_episode_gradient():
+    """On a smooth objective its samples are the exact backprop samples of the same draws, in its coordinates."""
+    from lopt.metatrain import diagnose_subspace as sub
+
+    u = quad_unroller(schedule=EpisodeSchedule("log_uniform", min_length=6, max_length=24), num_tasks=3,
+                      task=NOISY_QUAD)
+    mp = u.arch.init_meta_params(None)
+    data, key = data_for(u), jax.random.PRNGKey(2)
+    obj = core.EpisodeObjective(u, chunk=6)
+    exact = core.reference_backprop(obj, mp, data, key, num_samples=3).grads[0]
+    pending = sub.SubspaceReference.compile(obj, mp, data, key, std=1e-3, num_exact=1, dims=8, seed=0)
+    basis, samples = pending.sample([np.array([1.0, 0.5, -0.2])], 3)
+    assert basis.dims == (1, 8) and samples.grads.shape == (1, 3, 9)
+    want = basis.coords(exact)
+    np.testing.assert_allclose(samples.grads[0], want, rtol=2e-2, atol=2e-3 * np.abs(want).max())
+    assert stats.reference_quality(samples.grads[0])["samples"] == 3
+
+
+def test_es_reference_points_at_the_full_episode_gradient():
+    """``--reference es`` (full-dimensional antithetic ES): fine where the meta-parameters are few (3 here)."""
+    u = quad_unroller(length=16, num_tasks=4)
+    mp = u.arch.init_meta_params(None)
+    data, key = data_for(u), jax.random.PRNGKey(5)
+    obj = core.EpisodeObjective(u, chunk=4)
+    exact = core.reference_backprop(obj, mp, data, key, num_samples=2).grads[0].mean(axis=0)
+    es = core.reference_es(obj, mp, data, key, num_samples=64, std=1e-3, pairs_per_call=16)
+    assert es.grads.shape == (1, 64, 3)
+    mean = es.grads[0].mean(axis=0)
+    assert mean @ exact / (np.linalg.norm(mean) * np.linalg.norm(exact)) > 0.9
+    assert core.reference_cosine(es.grads[0]) > 0.5
+
+
+def test_compare_in_subspace_recovers_a_known_bias():
+    """d = 3,000 with 24 random coordinates plus the mean's own: the cosine comes out, and its interval covers it."""
+    from lopt.metatrain import diagnose_subspace as sub
+
+    rng = np.random.default_rng(3)
+    d = 3000
+    r = rng.standard_normal(d)
+    r /= np.linalg.norm(r)
+    side = rng.standard_normal(d)
+    side -= (side @ r) * r
+    m = 0.6 * r + 0.8 * side / np.linalg.norm(side)  # cosine 0.6 with the truth, |m| = 1
+    x = m + 0.1 * rng.standard_normal((2, 200, d))
+    ref = r + 0.01 * rng.standard_normal((4, d))
+    full = stats.compare(x, ref, target=0.5)
+    basis = sub.make_basis([x.reshape(-1, d).mean(axis=0)], 1, sub.random_rows(d, 24, seed=0), seed=0)
+    res = stats.compare(basis.coords(x), basis.coords(ref), target=0.5, random_coords=24)
+    assert full["cosine"] == pytest.approx(0.6, abs=0.05)
+    assert res["cosine"] == pytest.approx(0.6, abs=0.15), res
+    lo, hi = res["cosine_ci90"]
+    assert lo < 0.6 < hi and hi - lo > full["cosine_ci90"][1] - full["cosine_ci90"][0]  # the projection's error
+    assert res["variance"] == pytest.approx(full["variance"], rel=0.1)
+
+
 # ---------------------------------------------------------------- command line and outputs
 def test_sweep_parsing_and_bad_input():
     from lopt.metatrain.config import ConfigError
@@ -336,10 +411,11 @@ def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     diagnose_cli.add_arguments(parser)
     out = tmp_path / "diag"
-    # a compile budget no backprop program fits: the reference falls back to ES and the backprop
+    # a compile budget no backprop program fits: the reference falls back to the subspace one and the backprop
     # estimator is reported as not measured (predicted from one compiled forward truncation)
     args = parser.parse_args(["--config", "smoke", "--out", str(out), "--from", str(run), "--estimators",
                               "pes,backprop", "--samples", "2", "--chains", "1", "--compile-budget-s", "1e-9",
+                              "--reference-compile-budget-s", "1e-9",
                               "--reference-es-samples", "8", "--no-progress"]
                              + [f"--set={s}" for s in sets])
     assert diagnose_cli.main(args) == 0
@@ -349,7 +425,9 @@ def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
 
     result = json.loads((out / "diagnose.json").read_text())
     assert str(newest) in result["meta_params_source"]
-    assert result["reference"]["method"] == "es" and "to compile" in result["reference"]["fallback_reason"]
+    assert result["reference"]["method"] == "subspace" and "to compile" in result["reference"]["fallback_reason"]
+    assert result["reference"]["subspace_exact_dims"] == 1  # pes's mean (backprop was not measured)
+    assert set(np.load(out / "samples.npz")) >= {"basis_exact", "basis_random", "reference"}
     assert result["reference"]["probe_compile_seconds"] > 0
     assert result["reference"]["probe_compile_cpu_seconds"] > 0
     assert [r["estimator"] for r in result["results"]] == ["pes"]
@@ -361,7 +439,7 @@ def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
     assert ("two compiles at a time" in (out / "diagnose.md").read_text()) == result["background_compile"]
     # the printed summary ranks only against a reference that is not noise, as diagnose.md does
     printed = capsys.readouterr().out
-    assert ("no ranking: the es reference gradient is noise" in printed) == (
+    assert ("no ranking: the subspace reference gradient is noise" in printed) == (
         result["reference"]["expected_cosine_to_truth"] < 0.5)
     assert ("bias cosine" in printed) == (result["reference"]["expected_cosine_to_truth"] >= 0.5)
 
