@@ -98,6 +98,7 @@ def draw(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar,
 
 
 def result(method: str, samples: core.Samples, objective, info: dict, basis=None) -> dict:
+    """The reference's record: its finite samples (``grads``), their quality and what they cost."""
     grads = samples.grads[0]
     finite = np.all(np.isfinite(grads), axis=1)
     if np.sum(finite) < 2:

@@ -181,8 +181,8 @@ def diagnose(
                 jobs = [j for j in jobs if j["estimator"] != "backprop"]
         # after the probe: its CPU seconds (all threads) must not include another compile
         warm(jobs)
-        reference, pending = diagnose_reference.draw(objective, meta_params, data, key, settings, options, bar, probe,
-                                        num_jobs=len(jobs))
+        reference, pending = diagnose_reference.draw(objective, meta_params, data, key, settings, options, bar,
+                                                     probe, num_jobs=len(jobs))
         bar.phase("compiling the estimators")
         warmer.drain()  # from here on nothing compiles while an estimator is timed
         sampled = []
