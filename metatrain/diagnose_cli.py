@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "this many seconds: else it is listed as not measured, with the reason (0: no cap)")
     parser.add_argument("--reference-compile-budget-s", type=float, default=d.reference_compile_budget_s,
                         help="with --reference auto, draw the exact backprop reference only where its compile is "
-                             "predicted (as above) within this many CPU seconds, else the subspace reference (0: no cap)")
+                             "predicted (as above) within this many CPU seconds, else the subspace reference "
+                             "(0: no cap)")
     parser.add_argument("--sample-budget-s", type=float, default=d.sample_budget_s,
                         help="seconds of sampling the reference and full_es may each spend before stopping early "
                              "(never below 2 samples; 0: no cap)")

@@ -13,9 +13,8 @@ episode step (staggered starts), so the same per-step mean is the objective.
 :class:`~lopt.metatrain.unroll.Unroller` (one branch, no stagger), advanced in
 chunks under ``jax.checkpoint`` so that exact backprop through a 2,000-step
 episode costs memory for ~sqrt(T) states rather than T. Where even that does
-not fit, the reference is :mod:`lopt.metatrain.diagnose_subspace`'s
-(directional derivatives of the same objective), or on request an antithetic
-full-episode ES over it (common random numbers for both branches).
+not fit, :mod:`lopt.metatrain.diagnose_subspace`'s directional derivatives
+of it (or on request antithetic full-episode ES with common random numbers).
 
 The estimators themselves are the trainer's (``ESTIMATORS``), built from the
 config's unroller exactly as :func:`lopt.metatrain.build.build_estimator`

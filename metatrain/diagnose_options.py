@@ -64,10 +64,9 @@ class DiagnoseOptions:
     # no fewer than 2 samples, once their next sample would pass this many seconds of sampling
     # (compiles not counted): what keeps a 2,000-4,000-step config within minutes. 0 = no cap.
     sample_budget_s: float = 45.0
-    # Backprop programs are compiled only where their trace + compile is predicted (from one
+    # The backprop estimator's step is compiled only where its trace + compile is predicted (from one
     # forward truncation's compile x diagnose_core's measured ratios) within this many CPU seconds:
-    # else the reference (with reference=auto) is the antithetic-ES one and the backprop estimator
-    # is reported as not measured (a 6-family mixture's did not compile in 13 minutes). 0 = no cap.
+    # else it is reported as not measured (a 6-family mixture's did not compile in 13 minutes). 0 = no cap.
     compile_budget_s: float = 120.0
     # With reference=auto the exact backprop reference is drawn only where its compile is predicted
     # (the same way) within this many CPU seconds; else the subspace reference, which compiles in
@@ -90,7 +89,8 @@ class DiagnoseOptions:
         if not self.compile_budget_s >= 0.0:
             raise _error(f"--compile-budget-s must be >= 0 (0: no cap), got {self.compile_budget_s}")
         if not self.reference_compile_budget_s >= 0.0:
-            raise _error(f"--reference-compile-budget-s must be >= 0 (0: no cap), got {self.reference_compile_budget_s}")
+            raise _error("--reference-compile-budget-s must be >= 0 (0: no cap), "
+                         f"got {self.reference_compile_budget_s}")
         if not self.sample_budget_s >= 0.0:
             raise _error(f"--sample-budget-s must be >= 0 (0: no cap), got {self.sample_budget_s}")
         if not 0.0 < self.target_cosine < 1.0:

@@ -247,9 +247,8 @@ def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions
     if basis is None:
         res = stats.compare(s.grads, ref_grads, opt.target_cosine, seed=opt.seed)
     else:  # the autocorrelation time is the estimator's own: from its full samples
-        tau = stats.autocorrelation_time(s.grads) if np.all(np.isfinite(s.grads)) else 1.0
         res = stats.compare(basis.coords(s.grads), ref_grads, opt.target_cosine, seed=opt.seed,
-                            random_coords=basis.dims[1], tau=tau)
+                            random_coords=basis.dims[1], tau=stats.chains_tau(s.grads))
     u = job["est"].unroller
     secs = s.seconds_per_estimate
     row = {

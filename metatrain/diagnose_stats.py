@@ -70,6 +70,11 @@ def autocorrelation_time(chains: np.ndarray) -> float:
     return float(max([1.0] + taus))
 
 
+def chains_tau(chains: np.ndarray) -> float:
+    """:func:`autocorrelation_time` of (chains, steps, d) samples; 1 when any is non-finite (order is lost)."""
+    return autocorrelation_time(chains) if np.all(np.isfinite(chains)) else 1.0
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / math.sqrt(max(_norm2(a) * _norm2(b), _TINY)))
 
@@ -153,7 +158,7 @@ def compare(
     if len(flat) < 2:
         return {"usable_samples": int(len(flat)), "nonfinite_samples": dropped, "error": "fewer than 2 finite samples"}
     if tau is None:
-        tau = autocorrelation_time(samples) if dropped == 0 else 1.0
+        tau = chains_tau(samples)
     point = _core(flat, ref, tau)
     rng = np.random.default_rng(seed)
     # block bootstrap: blocks of ~tau consecutive estimates keep the chains' correlation

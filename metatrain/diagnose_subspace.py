@@ -54,7 +54,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lopt.metatrain.diagnose_compile import REFERENCE_COMPILE, jit_with
-from lopt.metatrain.diagnose_core import Samples, more_within
+from lopt.metatrain.diagnose_core import Samples, _timed, more_within
 
 _DEGENERATE = 1e-8  # a mean whose part off the earlier ones is below this (relative) adds no exact direction
 
@@ -70,6 +70,10 @@ class Basis:
     def dims(self) -> tuple[int, int]:
         return len(self.exact), len(self.random)
 
+    @property
+    def num_meta_params(self) -> int:
+        return self.random.shape[1]  # exact is (0, d) when empty, random has at least 2 rows
+
     def coords(self, x: np.ndarray) -> np.ndarray:
         """Vectors ``(..., d)`` in this basis: ``(..., j + k)``; dot products are kept in expectation over ``G``."""
         x = np.asarray(x, np.float64)
@@ -79,16 +83,14 @@ class Basis:
 
     def directions(self) -> np.ndarray:
         """Rows to differentiate along, all of squared norm ~d (as the ES perturbations' directions are)."""
-        d = self.exact.shape[1] if self.exact.size else self.random.shape[1]
-        k = len(self.random)
-        return np.concatenate([self.exact * np.sqrt(d), self.random * np.sqrt(k)]).astype(np.float32)
+        scaled = [self.exact * np.sqrt(self.num_meta_params), self.random * np.sqrt(len(self.random))]
+        return np.concatenate(scaled).astype(np.float32)
 
     def reference_coords(self, derivs: np.ndarray) -> np.ndarray:
         """Directional derivatives ``(n, j + k)`` along :meth:`directions` -> the gradients' coordinates."""
         j, k = self.dims
-        d = self.exact.shape[1] if self.exact.size else self.random.shape[1]
         derivs = np.asarray(derivs, np.float64)
-        along = derivs[:, :j] / np.sqrt(d)  # e . r
+        along = derivs[:, :j] / np.sqrt(self.num_meta_params)  # e . r
         pr = derivs[:, j:] / np.sqrt(k)  # P r
         return np.concatenate([along, pr - along @ (self.random @ self.exact.T).T], axis=-1)  # P r_perp
 
@@ -166,10 +168,8 @@ class SubspaceReference:
         for i in range(num_samples):
             if not more_within(budget_s, spent, dt, i):
                 break
-            t = time.perf_counter()
-            derivs = self.compiled(self.meta_params, rows, jax.random.fold_in(self.key, i), self.data)
-            out.append(np.asarray(jax.block_until_ready(derivs)))
-            dt = time.perf_counter() - t
+            derivs, dt = _timed(self.compiled, self.meta_params, rows, jax.random.fold_in(self.key, i), self.data)
+            out.append(np.asarray(derivs))
             spent += dt
             if tick:
                 tick()

@@ -501,3 +501,39 @@ def test_warmed_estimator_samples_without_compiling_and_unchanged(kind):
     jax.clear_caches()
     cold = core.sample_estimator(est, mp, data, jax.random.fold_in(key, 7), 3, chains=chains)
     np.testing.assert_array_equal(cold.grads, s.grads)
+
+
+def test_warmer_drain_runs_queued_warm_ups_here_and_waits_for_all(monkeypatch):
+    """After ``drain`` no warm-up is left running (estimators are then timed on a quiet machine).
+
+    The worker's first warm-up blocks until another one has run on the calling
+    thread: without the calling thread's help, it waits out its 5 s timeout and
+    the worker runs everything.
+    """
+    import threading
+
+    from lopt.metatrain import diagnose_warm
+
+    ran, lock, helped = [], threading.Lock(), threading.Event()
+
+    def fake_warm(est, *args):
+        on_main = threading.current_thread() is threading.main_thread()
+        if est == "est0":
+            helped.wait(5.0)
+        elif on_main:
+            helped.set()
+        with lock:
+            ran.append((est, on_main))
+        return diagnose_warm.CompileTime(1.0, 0.0)
+
+    monkeypatch.setattr(diagnose_warm, "warm_estimator", fake_warm)
+    warmer = diagnose_warm.Warmer(enabled=True)
+    try:
+        for i in range(4):
+            warmer.submit(i, f"est{i}", None, None, None, 1)
+        warmer.drain()
+        assert sorted(e for e, _ in ran) == ["est0", "est1", "est2", "est3"]  # all done when drain returns
+        assert helped.is_set() and any(on_main for _, on_main in ran)
+        assert all(warmer.wait(i).wall == 1.0 for i in range(4))
+    finally:
+        warmer.close()
