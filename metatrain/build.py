@@ -150,9 +150,9 @@ def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) ->
     u, e = config.unroll, config.estimator
     schedule = EpisodeSchedule(u.episode, u.episode_length, u.min_episode_length, u.max_episode_length)
     truncation, stagger = u.truncation_length, u.stagger
-    if e.kind == "full_es":  # whole episodes from a fresh start every outer step
-        schedule = EpisodeSchedule("constant", u.episode_length)
-        truncation, stagger = u.episode_length, False
+    if e.kind == "full_es":  # whole episodes from a fresh start every outer step, as long as the longest
+        schedule = EpisodeSchedule("constant", schedule.longest)
+        truncation, stagger = schedule.longest, False
     return Unroller(
         arch=arch,
         groups=groups,

@@ -78,7 +78,7 @@ class UnrollConfig:
     episode: str = "constant"  # constant | log_uniform
     episode_length: int = 2000  # constant schedule
     min_episode_length: int = 100  # log_uniform schedule
-    max_episode_length: int = 2000
+    max_episode_length: int = 2000  # also full_es's constant episode length under log_uniform
     stagger: bool = True
     loss_clip: float = 10.0  # normalized losses above this (or non-finite) count as this
     param_scale_range: tuple[float, float] = (1.0, 1.0)  # augmentation, log-uniform; (1,1) = off

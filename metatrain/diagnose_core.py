@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, REFERENCE_COMPILE, CompileTime, jit_with
+from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, CompileTime, jit_with
 from lopt.metatrain.estimators import ESTIMATORS
 from lopt.metatrain.unroll import EpisodeSchedule, MetaTrainError, Unroller
 
@@ -158,24 +158,6 @@ def _flat(tree: Any) -> jax.Array:
 
 # Module-level jits with the (hashable, frozen) estimator or objective static: equal
 # estimators share one compile across calls (tests, sweeps that revisit a setting).
-@jit_with(REFERENCE_COMPILE, static_argnums=0)
-def _reference_grad(objective: "EpisodeObjective", meta_params, key, data):
-    return _flat(jax.grad(objective)(meta_params, key, data))
-
-
-@jit_with(CHEAP_COMPILE, static_argnums=(0, 1))
-def _reference_es_pairs(objective: "EpisodeObjective", std: float, meta_params, keys, data):
-    vec, unravel = ravel_pytree(meta_params)
-
-    def pair(k):
-        k_eps, k_obj = jax.random.split(k)
-        eps = std * jax.random.normal(k_eps, vec.shape, jnp.float32)
-        diff = objective(unravel(vec + eps), k_obj, data) - objective(unravel(vec - eps), k_obj, data)
-        return eps * diff / (2.0 * std * std)
-
-    return jax.vmap(pair)(keys)
-
-
 @jit_with(CHEAP_COMPILE, static_argnums=0)
 def _init_groups(unroller: Unroller, meta_params, keys):
     return jax.vmap(lambda k: unroller.init_state(meta_params, k))(keys)
@@ -239,27 +221,6 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t
 
 
-def _memory_bytes(compiled) -> float | None:
-    try:
-        m = compiled.memory_analysis()
-        return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
-    except Exception:  # not every backend reports it
-        return None
-
-
-def reference_cosine(grads: np.ndarray) -> float:
-    """Expected cosine of the mean of ``grads`` (k, d) with their expectation (noise-corrected)."""
-    k = len(grads)
-    if not np.all(np.isfinite(grads)):
-        return math.nan
-    if k < 2:
-        return 0.0
-    m = grads.mean(axis=0).astype(np.float64)
-    n2 = float(m @ m)
-    noise = float(np.sum(np.var(grads.astype(np.float64), axis=0, ddof=1))) / k
-    return math.sqrt(max(n2 - noise, 0.0) / n2) if n2 > 0 else 0.0
-
-
 def more_within(budget_s: float, spent: float, last: float, done: int, least: int = 2) -> bool:
     """Whether one more sample fits: always below ``least`` samples, else if it ends within the budget."""
     return budget_s <= 0 or done < least or spent + last <= budget_s
@@ -281,65 +242,6 @@ def forward_compile_seconds(objective: EpisodeObjective, meta_params, data, key,
     t0, c0 = time.perf_counter(), time.process_time()
     _advance_chains.lower(u, meta_params, groups, keys, data).compile()
     return CompileTime(time.perf_counter() - t0, time.process_time() - c0)
-
-
-def reference_backprop(objective: EpisodeObjective, meta_params, data, key, num_samples: int, tick=None,
-                       max_bytes: float | None = None, budget_s: float = 0.0, max_samples: int = 0,
-                       until_cosine: float = 0.99) -> Samples | None:
-    """Exact full-episode gradients, one per sample (all tasks of the config); None if over ``max_bytes``.
-
-    Compiled ahead of time so that its memory need is known before it runs.
-    Stops before ``num_samples`` (never below 2) once the next one would pass
-    ``budget_s``; past ``num_samples`` it goes on, up to ``max_samples`` and
-    within the budget, while the mean's expected cosine with the true gradient
-    is below ``until_cosine`` (tasks differ: on cheap configs a few samples are noisy).
-    """
-    t0 = time.perf_counter()
-    compiled = _reference_grad.lower(objective, meta_params, key, data).compile()
-    compile_s = time.perf_counter() - t0
-    need = _memory_bytes(compiled)
-    if max_bytes is not None and need is not None and need > max_bytes:
-        return None
-    out, spent, dt = [], 0.0, 0.0
-    for i in range(max_samples or num_samples):
-        if not more_within(budget_s, spent, dt, i):
-            break
-        if i >= num_samples and not reference_cosine(np.stack(out)) < until_cosine:
-            break  # more than num_samples only while the mean is noisy (never when non-finite)
-        g, dt = _timed(compiled, meta_params, jax.random.fold_in(key, i), data)
-        out.append(np.asarray(g))
-        spent += dt
-        if tick:
-            tick()
-    u = objective.unroller
-    steps = u.schedule.longest * u.num_tasks
-    return Samples(np.stack(out)[None], spent / len(out), compile_s, steps,
-                   {"memory_bytes": need, "requested": num_samples})
-
-
-def reference_es(objective: EpisodeObjective, meta_params, data, key, num_samples: int, std: float,
-                 pairs_per_call: int = 4, tick=None, budget_s: float = 0.0) -> Samples:
-    """Antithetic full-episode ES on the objective: ``num_samples`` pairs (common random numbers).
-
-    Stops early (never below 2 calls) once the next call would pass ``budget_s`` of sampling.
-    """
-    calls = -(-num_samples // pairs_per_call)
-    out, times = [], []
-    for i in range(calls):
-        # the first call includes the compile: budget on the later ones' time
-        if i >= 2 and not more_within(budget_s, float(np.sum(times[1:])), times[-1], i):
-            break
-        keys = jax.random.split(jax.random.fold_in(key, i), pairs_per_call)
-        g, dt = _timed(_reference_es_pairs, objective, float(std), meta_params, keys, data)
-        out.append(np.asarray(g))
-        times.append(dt)
-        if tick:
-            tick()
-    per_call = float(np.mean(times[1:])) if len(times) > 1 else times[0]
-    u = objective.unroller
-    steps = u.schedule.longest * u.num_tasks * 2
-    return Samples(np.concatenate(out)[:num_samples][None], per_call / pairs_per_call, max(0.0, times[0] - per_call),
-                   steps, {"requested": num_samples})
 
 
 def burn_in_steps(est: Any) -> int:

@@ -6,18 +6,26 @@ comes out finite; otherwise the subspace reference
 (:mod:`lopt.metatrain.diagnose_subspace`), which is drawn *after* the
 estimators, along their means. ``--reference es`` keeps the full-dimensional
 antithetic ES. Every choice and fallback is recorded with its reason.
+
+The exact and the full-ES samplers live here too; the subspace one has its own
+module. All three estimate the gradient of :class:`~lopt.metatrain.diagnose_core.EpisodeObjective`.
 """
 
 from __future__ import annotations
 
-import jax
-import numpy as np
+import math
+import time
 
-from lopt.metatrain import diagnose_core as core
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain import diagnose_subspace as subspace
 from lopt.metatrain.config import ConfigError
-from lopt.metatrain.diagnose_compile import REFERENCE_COMPILE_RATIO, CompileTime
+from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, REFERENCE_COMPILE, REFERENCE_COMPILE_RATIO, CompileTime, jit_with
+from lopt.metatrain.diagnose_core import EpisodeObjective, Samples, _flat, _timed, more_within
 from lopt.metatrain.diagnose_options import DiagnoseOptions
 
 
@@ -59,7 +67,7 @@ def draw(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar,
                    f"over --reference-compile-budget-s {opt.reference_compile_budget_s:g}")
     if opt.reference == "backprop" or (opt.reference == "auto" and not why):
         bar.phase("reference: full-episode backprop")
-        samples = core.reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
+        samples = reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
                                           max_bytes=budget if opt.reference == "auto" else None,
                                           budget_s=opt.sample_budget_s, max_samples=16 * opt.reference_samples)
         if samples is None:
@@ -75,7 +83,7 @@ def draw(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar,
             "probe_compile_cpu_seconds": probe.cpu}  # what the prediction uses: independent of the machine's load
     if samples is None and opt.reference == "es":
         bar.phase("reference: full-episode antithetic ES")
-        samples = core.reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std,
+        samples = reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std,
                                     tick=bar.tick, budget_s=opt.sample_budget_s)
         return result("es", samples, objective, info), None
     if samples is not None:
@@ -97,7 +105,7 @@ def draw(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar,
     return None, finish
 
 
-def result(method: str, samples: core.Samples, objective, info: dict, basis=None) -> dict:
+def result(method: str, samples: Samples, objective, info: dict, basis=None) -> dict:
     """The reference's record: its finite samples (``grads``), their quality and what they cost."""
     grads = samples.grads[0]
     finite = np.all(np.isfinite(grads), axis=1)
@@ -120,3 +128,102 @@ def result(method: str, samples: core.Samples, objective, info: dict, basis=None
         "grads": grads,
         "basis": basis,  # the subspace reference's: estimators are compared in its coordinates
     }
+
+
+# Module-level jits with the (hashable, frozen) objective static: equal objectives share one compile.
+@jit_with(REFERENCE_COMPILE, static_argnums=0)
+def _reference_grad(objective: "EpisodeObjective", meta_params, key, data):
+    return _flat(jax.grad(objective)(meta_params, key, data))
+
+
+@jit_with(CHEAP_COMPILE, static_argnums=(0, 1))
+def _reference_es_pairs(objective: "EpisodeObjective", std: float, meta_params, keys, data):
+    vec, unravel = ravel_pytree(meta_params)
+
+    def pair(k):
+        k_eps, k_obj = jax.random.split(k)
+        eps = std * jax.random.normal(k_eps, vec.shape, jnp.float32)
+        diff = objective(unravel(vec + eps), k_obj, data) - objective(unravel(vec - eps), k_obj, data)
+        return eps * diff / (2.0 * std * std)
+
+    return jax.vmap(pair)(keys)
+
+
+def _memory_bytes(compiled) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+        return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def reference_cosine(grads: np.ndarray) -> float:
+    """Expected cosine of the mean of ``grads`` (k, d) with their expectation (noise-corrected)."""
+    k = len(grads)
+    if not np.all(np.isfinite(grads)):
+        return math.nan
+    if k < 2:
+        return 0.0
+    m = grads.mean(axis=0).astype(np.float64)
+    n2 = float(m @ m)
+    noise = float(np.sum(np.var(grads.astype(np.float64), axis=0, ddof=1))) / k
+    return math.sqrt(max(n2 - noise, 0.0) / n2) if n2 > 0 else 0.0
+
+
+def reference_backprop(objective: EpisodeObjective, meta_params, data, key, num_samples: int, tick=None,
+                       max_bytes: float | None = None, budget_s: float = 0.0, max_samples: int = 0,
+                       until_cosine: float = 0.99) -> Samples | None:
+    """Exact full-episode gradients, one per sample (all tasks of the config); None if over ``max_bytes``.
+
+    Compiled ahead of time so that its memory need is known before it runs.
+    Stops before ``num_samples`` (never below 2) once the next one would pass
+    ``budget_s``; past ``num_samples`` it goes on, up to ``max_samples`` and
+    within the budget, while the mean's expected cosine with the true gradient
+    is below ``until_cosine`` (tasks differ: on cheap configs a few samples are noisy).
+    """
+    t0 = time.perf_counter()
+    compiled = _reference_grad.lower(objective, meta_params, key, data).compile()
+    compile_s = time.perf_counter() - t0
+    need = _memory_bytes(compiled)
+    if max_bytes is not None and need is not None and need > max_bytes:
+        return None
+    out, spent, dt = [], 0.0, 0.0
+    for i in range(max_samples or num_samples):
+        if not more_within(budget_s, spent, dt, i):
+            break
+        if i >= num_samples and not reference_cosine(np.stack(out)) < until_cosine:
+            break  # more than num_samples only while the mean is noisy (never when non-finite)
+        g, dt = _timed(compiled, meta_params, jax.random.fold_in(key, i), data)
+        out.append(np.asarray(g))
+        spent += dt
+        if tick:
+            tick()
+    u = objective.unroller
+    steps = u.schedule.longest * u.num_tasks
+    return Samples(np.stack(out)[None], spent / len(out), compile_s, steps,
+                   {"memory_bytes": need, "requested": num_samples})
+
+
+def reference_es(objective: EpisodeObjective, meta_params, data, key, num_samples: int, std: float,
+                 pairs_per_call: int = 4, tick=None, budget_s: float = 0.0) -> Samples:
+    """Antithetic full-episode ES on the objective: ``num_samples`` pairs (common random numbers).
+
+    Stops early (never below 2 calls) once the next call would pass ``budget_s`` of sampling.
+    """
+    calls = -(-num_samples // pairs_per_call)
+    out, times = [], []
+    for i in range(calls):
+        # the first call includes the compile: budget on the later ones' time
+        if i >= 2 and not more_within(budget_s, float(np.sum(times[1:])), times[-1], i):
+            break
+        keys = jax.random.split(jax.random.fold_in(key, i), pairs_per_call)
+        g, dt = _timed(_reference_es_pairs, objective, float(std), meta_params, keys, data)
+        out.append(np.asarray(g))
+        times.append(dt)
+        if tick:
+            tick()
+    per_call = float(np.mean(times[1:])) if len(times) > 1 else times[0]
+    u = objective.unroller
+    steps = u.schedule.longest * u.num_tasks * 2
+    return Samples(np.concatenate(out)[:num_samples][None], per_call / pairs_per_call, max(0.0, times[0] - per_call),
+                   steps, {"requested": num_samples})

@@ -144,7 +144,7 @@ def diagnose(
     arch = build.build_arch(config)
     base = build.build_unroller(dataclasses.replace(config, estimator=dataclasses.replace(config.estimator, kind="pes")), arch)
     e = config.estimator
-    settings = core.EstimatorSettings(std=e.std, nonfinite=e.nonfinite, sign=e.sign, episode_length=config.unroll.episode_length)
+    settings = core.EstimatorSettings(std=e.std, nonfinite=e.nonfinite, sign=e.sign, episode_length=base.schedule.longest)
     meta_params, source = load_meta_params(config, arch, from_dir)
     meta_params = jax.tree.map(lambda x: jax.numpy.asarray(x, jax.numpy.float32), meta_params)
     cache: dict[Any, Any] = {}
@@ -267,7 +267,7 @@ def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions
     }
     notes = []
     if job["estimator"] == "full_es" and u.schedule != job["unroller"].schedule:
-        notes.append(f"full_es runs constant episodes of {u.schedule.length} steps (unroll.episode_length), "
+        notes.append(f"full_es runs constant episodes of {u.schedule.length} steps (the config's longest), "
                      "not the config's episode distribution")
     drawn, asked = s.grads.shape[1], s.extra.get("requested", s.grads.shape[1])
     if drawn < asked:

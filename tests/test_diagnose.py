@@ -25,6 +25,7 @@ import pytest
 
 from lopt.base import LearnedOptimizer, OptState
 from lopt.metatrain import diagnose_core as core
+from lopt.metatrain import diagnose_reference as dref
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain.unroll import EpisodeSchedule, Group, Unroller
 from lopt.tasks.base import Task
@@ -138,7 +139,7 @@ def quad_samples():
     u = quad_unroller(truncation=2, length=32, task=NOISY_QUAD, num_tasks=256)
     mp = u.arch.init_meta_params(None)
     data, key = data_for(u), jax.random.PRNGKey(0)
-    ref = core.reference_backprop(core.EpisodeObjective(u), mp, data, key, num_samples=8)
+    ref = dref.reference_backprop(core.EpisodeObjective(u), mp, data, key, num_samples=8)
     settings = core.EstimatorSettings(std=0.01, episode_length=32)
     out = {"ref": ref.grads[0]}
     for kind in ("pes", "es"):
@@ -235,9 +236,9 @@ def test_budget_caps_and_reference_noise():
     assert not core.more_within(45.0, 40.0, 10.0, 3) and core.more_within(45.0, 30.0, 10.0, 3)
     assert core.more_within(0.0, 1e9, 1e9, 100)
     rng = np.random.default_rng(0)
-    assert core.reference_cosine(1.0 + 1e-3 * rng.standard_normal((4, 8))) > 0.999
-    assert core.reference_cosine(rng.standard_normal((4, 8))) < 0.9  # pure noise: far from its expectation
-    assert math.isnan(core.reference_cosine(np.full((3, 8), np.nan)))  # never "good enough" when non-finite
+    assert dref.reference_cosine(1.0 + 1e-3 * rng.standard_normal((4, 8))) > 0.999
+    assert dref.reference_cosine(rng.standard_normal((4, 8))) < 0.9  # pure noise: far from its expectation
+    assert math.isnan(dref.reference_cosine(np.full((3, 8), np.nan)))  # never "good enough" when non-finite
 
 
 def test_compare_recovers_a_known_bias():
@@ -281,7 +282,7 @@ def test_subspace_reference_is_the_projected_full_episode_gradient():
     mp = u.arch.init_meta_params(None)
     data, key = data_for(u), jax.random.PRNGKey(2)
     obj = core.EpisodeObjective(u, chunk=6)
-    exact = core.reference_backprop(obj, mp, data, key, num_samples=3).grads[0]
+    exact = dref.reference_backprop(obj, mp, data, key, num_samples=3).grads[0]
     pending = sub.SubspaceReference.compile(obj, mp, data, key, std=1e-3, num_exact=1, dims=8, seed=0)
     basis, samples = pending.sample([np.array([1.0, 0.5, -0.2])], 3)
     assert basis.dims == (1, 8) and samples.grads.shape == (1, 3, 9)
@@ -296,12 +297,12 @@ def test_es_reference_points_at_the_full_episode_gradient():
     mp = u.arch.init_meta_params(None)
     data, key = data_for(u), jax.random.PRNGKey(5)
     obj = core.EpisodeObjective(u, chunk=4)
-    exact = core.reference_backprop(obj, mp, data, key, num_samples=2).grads[0].mean(axis=0)
-    es = core.reference_es(obj, mp, data, key, num_samples=64, std=1e-3, pairs_per_call=16)
+    exact = dref.reference_backprop(obj, mp, data, key, num_samples=2).grads[0].mean(axis=0)
+    es = dref.reference_es(obj, mp, data, key, num_samples=64, std=1e-3, pairs_per_call=16)
     assert es.grads.shape == (1, 64, 3)
     mean = es.grads[0].mean(axis=0)
     assert mean @ exact / (np.linalg.norm(mean) * np.linalg.norm(exact)) > 0.9
-    assert core.reference_cosine(es.grads[0]) > 0.5
+    assert dref.reference_cosine(es.grads[0]) > 0.5
 
 
 def test_compare_in_subspace_recovers_a_known_bias():

@@ -34,6 +34,16 @@ def test_reference_config_is_the_benchmark_setting():
     assert u.groups[0].task.num_params() == 2410
 
 
+def test_full_es_runs_whole_episodes_of_the_schedules_longest():
+    """full_es ignores ``unroll.episode_length`` (the constant schedule's key) under a log-uniform schedule."""
+    log_uniform = ["estimator.kind=full_es", "unroll.episode=log_uniform", "unroll.min_episode_length=50",
+                   "unroll.max_episode_length=200", "unroll.episode_length=2000", "tasks=[quadratic]"]
+    u = build_unroller(load_config(None, log_uniform))
+    assert (u.schedule.kind, u.schedule.longest, u.truncation_length, u.stagger) == ("constant", 200, 200, False)
+    u = build_unroller(load_config(None, ["estimator.kind=full_es", "unroll.episode_length=300", "tasks=[quadratic]"]))
+    assert (u.schedule.longest, u.truncation_length) == (300, 300)
+
+
 def test_overrides_parse_values_as_yaml():
     c = load_config(None, ["estimator.std=0.05", "unroll.param_scale_range=[0.5, 2]", "tasks=[quadratic]"])
     assert c.estimator.std == 0.05

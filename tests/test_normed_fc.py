@@ -197,3 +197,28 @@ def test_distance_estimate_survives_zero_and_non_finite_gradients():
     u, state = DIST_UPDATE(mp, state, bad, params, jnp.float32(1.0))
     assert int(state.skipped) == 1
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.inner, before)
+
+
+def test_brake_slows_only_a_step_that_overshoots():
+    """Gradients that reverse against the previous direction brake the step (to its floor, exactly
+    proportionally); gradients that keep their direction leave it at the prior's; off by default."""
+    assert "brake" not in ARCH.init(ARCH.init_meta_params(KEY), tiny_params(), 10).inner
+    with pytest.raises(OptimizerError, match="brake"):
+        architectures.get("normed_fc", brake_rate=-1.0)
+    arch = architectures.get("normed_fc", hidden=4, brake_rate=0.5, brake_floor=0.25)
+    update = jax.jit(arch.update)
+    mp, params = arch.init_meta_params(KEY), tiny_params()
+    g = jax.tree.map(lambda x: jnp.ones_like(x), params)
+    steady = arch.init(mp, params, 40)
+    flipping = steady
+    for t in range(12):
+        _, steady = update(mp, steady, g, params, jnp.float32(1.0))
+        _, flipping = update(mp, flipping, jax.tree.map(lambda x: (-1.0) ** t * x, g), params, jnp.float32(1.0))
+    assert float(steady.inner["brake"]) == 0.0  # never above the prior
+    assert float(flipping.inner["brake"]) == pytest.approx(np.log(0.25))  # each reversal brakes, down to the floor
+    # the braked step is the unbraked one times the floor (weight decay included: it follows lr_t)
+    free = flipping._replace(inner={**flipping.inner, "brake": jnp.zeros((), jnp.float32)})
+    u_braked, _ = update(mp, flipping, g, params, jnp.float32(1.0))
+    u_free, _ = update(mp, free, g, params, jnp.float32(1.0))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), 0.25 * np.asarray(b), rtol=1e-6, atol=1e-12),
+                 u_braked, u_free)

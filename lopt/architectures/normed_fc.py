@@ -28,6 +28,11 @@ here the step size is not something the per-parameter network can set freely:
   by ``distance_exponent`` in log space (1: the peak is ``D``). This is how one
   set of weights can take 1e-2-sized steps on a CNN and 5e-3-sized ones on a
   residual MLP without tuning; it costs two more accumulators.
+* **Brake** (opt-in, ``brake_rate > 0``): a global factor ``exp(b) <= 1`` on
+  ``lr_t``, where ``b`` integrates the cosine between this step's gradient and
+  the previous step's direction. Gradients that turn against the direction
+  just taken mean the step overshoots; it can only slow the prior, never
+  speed it up, and costs three reductions per tensor.
 * **Decoupled weight decay** ``lr_t * exp(log_wd) * p`` with a learned rate,
   as in AdamW; ``decay_min_ndim=2`` spares biases and normalization gains, as
   transformer training usually does.
@@ -98,6 +103,10 @@ class NormedFC(LearnedOptimizer):
     distance_exponent: float = 1.0  # "distance": peak learning_rate * (D / learning_rate)**exponent
     initial_distance: float = 1e-6  # D estimate's starting value (Prodigy's d_0)
     distance_decay: float = 0.9995  # decay of the D estimate's sums (Prodigy: sqrt of the second-moment decay)
+    # Brake (0: off): the step is multiplied by exp(b), with b integrating brake_rate * cos(g_t, a_{t-1}) and
+    # clipped to [log brake_floor, 0]. Gradients that turn against the previous direction mean the step overshoots.
+    brake_rate: float = 0.0
+    brake_floor: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.momentum_decays:
@@ -114,10 +123,16 @@ class NormedFC(LearnedOptimizer):
             raise OptimizerError(f"normed_fc: decay_min_ndim must be >= 0, got {self.decay_min_ndim}")
         if not 0.0 <= self.distance_exponent <= 1.0:
             raise OptimizerError(f"normed_fc: distance_exponent must be in [0, 1], got {self.distance_exponent}")
+        if not self.brake_rate >= 0.0 or not 0.0 < self.brake_floor <= 1.0:
+            raise OptimizerError("normed_fc: brake_rate must be >= 0 and brake_floor in (0, 1]")
 
     @property
     def adapts_distance(self) -> bool:
         return self.step_size == "distance"
+
+    @property
+    def brakes(self) -> bool:
+        return self.brake_rate > 0.0
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -163,6 +178,8 @@ class NormedFC(LearnedOptimizer):
         }
         if self.adapts_distance:
             inner.update(distance.init(params, self.initial_distance))
+        if self.brakes:
+            inner["brake"] = jnp.zeros((), jnp.float32)
         return inner
 
     # ---------------------------------------------------------------- schedule
@@ -185,6 +202,8 @@ class NormedFC(LearnedOptimizer):
         between a geometric mean that shrinks a noisy estimate toward the prior.
         """
         lr = self.prior_lr(state.step, state.num_steps)
+        if self.brakes:
+            lr = lr * jnp.exp(state.inner["brake"])
         if not self.adapts_distance:
             return lr
         d = state.inner["d"]
@@ -231,6 +250,8 @@ class NormedFC(LearnedOptimizer):
                 d=jnp.where(ok, new_inner["d"], inner["d"]),
                 num=jnp.where(ok, new_inner["num"], inner["num"]),
             )
+        if self.brakes:
+            kept["brake"] = jnp.where(ok, new_inner["brake"], inner["brake"])
         return kept
 
     def _update(self, meta_params, state: OptState, grads, params, loss):
@@ -258,6 +279,11 @@ class NormedFC(LearnedOptimizer):
         log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
 
         def leaf(g, p, s, moved, acc, v, *ms):
+            if self.brakes:  # the previous step's direction (bias corrections are global: cosines ignore them)
+                a_prev = ms[0] / (jnp.sqrt(v) + self.eps)
+                brake_terms = (jnp.sum(g * a_prev), jnp.sum(jnp.square(g)), jnp.sum(jnp.square(a_prev)))
+            else:
+                brake_terms = (jnp.zeros((), jnp.float32),) * 3
             ms = [ft.ema(m, g, beta_m[i]) for i, m in enumerate(ms)]
             v = ft.ema(v, jnp.square(g), beta_v)
             v_hat = v * corr_v
@@ -287,14 +313,21 @@ class NormedFC(LearnedOptimizer):
                 moved = moved + update
             else:
                 dot = l1 = jnp.zeros((), jnp.float32)
-            return (update, finite, dot, l1, moved, acc, v, *ms)
+            return (update, finite, dot, l1, *brake_terms, moved, acc, v, *ms)
 
         inner = state.inner
         moved, accs = (inner["moved"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
-        out = ft.map_unzip(leaf, 7 + k, grads, params, state.scales, moved, accs, inner["v"], *inner["m"])
-        updates, finite, dots, l1s, moved, accs, v, ms = *out[:7], tuple(out[7:])
+        out = ft.map_unzip(leaf, 10 + k, grads, params, state.scales, moved, accs, inner["v"], *inner["m"])
+        updates, finite, dots, l1s, ga, gg, aa, moved, accs, v, ms = *out[:10], tuple(out[10:])
         new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(loss_mean, loss, LOSS_DECAY)}
         oks = jax.tree.leaves(finite)
+        if self.brakes:
+            ga, gg, aa = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (ga, gg, aa))
+            cos = jnp.where((gg > 0) & (aa > 0), ga * jax.lax.rsqrt(jnp.maximum(gg, ft.TINY))
+                            * jax.lax.rsqrt(jnp.maximum(aa, ft.TINY)), 0.0)
+            brake = jnp.clip(inner["brake"] + self.brake_rate * cos, math.log(self.brake_floor), 0.0)
+            new_inner["brake"] = brake
+            oks.append(jnp.isfinite(brake))
         if adapts:
             dot, l1 = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (dots, l1s))
             d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, weight)
