@@ -42,6 +42,11 @@ def _point(r: dict) -> str:
     return f"{r['cosine']:.2f}" if r.get("mean_resolved", True) else "unresolved"
 
 
+def _rel_error(r: dict) -> str:
+    """Like the cosine: the noise-corrected error of an unresolved mean is no estimate (it can clip to 0)."""
+    return f"{r['rel_error']:.3g}" if r.get("mean_resolved", True) else "unresolved"
+
+
 def _table(rows: list[dict], target: float, first: str = "estimator") -> list[str]:
     head = (
         f"| {first} | trunc | std | bias cosine [90% CI] | rel. error | per-sample var | autocorr | "
@@ -56,8 +61,7 @@ def _table(rows: list[dict], target: float, first: str = "estimator") -> list[st
         lo, hi = r["cosine_ci90"]
         lines.append(
             f"| {name} | {r['truncation_length']} | {_num(r['std'], '{:g}') if r['std'] is not None else '-'} | "
-            f"{_point(r)} [{lo:.2f}, {hi:.2f}] | "
-            f"{r['rel_error']:.3g} | {r['variance']:.3g} | "
+            f"{_point(r)} [{lo:.2f}, {hi:.2f}] | {_rel_error(r)} | {r['variance']:.3g} | "
             f"{r['autocorr_time']:.1f} | {_num(r['samples_to_target'])} | {r['seconds_per_estimate']:.3g} | "
             f"{r['inner_steps_per_estimate']:,} | **{_num(r['seconds_to_target'])}** |"
         )
@@ -125,7 +129,8 @@ def markdown(result: dict) -> str:
         "Bias cosine: of the estimator's mean with the reference (noise-corrected; 1 = unbiased). "
         f"Samples to cos {target:g}: independent estimates whose mean reaches it; consecutive meta-steps of a "
         "stateful estimator need `autocorr` times more. s to cos: samples x seconds per estimate (cost of one unit of signal). "
-        "unresolved: the mean is smaller than its own noise, so only the interval (block bootstrap) is informative.",
+        "unresolved: the mean is smaller than its own noise, so only the interval (block bootstrap) is informative "
+        "(its cosine and relative error have no point estimate).",
     ]
     notes = [r["note"] for r in result["results"] if r.get("note")]
     notes += [f"`{r['estimator']}`" + (f" at {r['sweep']}={r['value']}" if r.get("sweep") else "")

@@ -365,6 +365,8 @@ def test_report_files_from_a_result(tmp_path):
                 "stagger": True, "inner_steps_per_estimate": 320, "compile_seconds": 1.0, **secs, **r}
 
     rows = [row("pes", np.ones(6)), row("es", -np.ones(6))]  # es points away: never reaches the target
+    rows.append(row("full_es", np.zeros(6)))  # no signal: its mean stays below its noise
+    assert not rows[-1]["mean_resolved"]
     sweeps = [row("pes", np.ones(6), "truncation_length", 10), row("pes", 0.5 * np.ones(6), "truncation_length", 50)]
     result = {
         "config_name": "toy", "config": {}, "meta_params_source": "fresh", "num_meta_params": 6,
@@ -382,6 +384,8 @@ def test_report_files_from_a_result(tmp_path):
     assert data["results"][1]["samples_to_target"] is None
     md = (tmp_path / "diagnose.md").read_text()
     assert "Most signal per second here: `pes`" in md and "## Sweep `truncation_length`" in md
+    line = next(x for x in md.splitlines() if x.startswith("| full_es |"))
+    assert "| unresolved [" in line and "| unresolved |" in line  # neither its cosine nor its error is a number
     assert (tmp_path / "cosine_vs_samples.png").stat().st_size > 0
     assert (tmp_path / "signal_cost_vs_truncation_length.png") in paths
 
