@@ -24,7 +24,8 @@ from jax.flatten_util import ravel_pytree
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain import diagnose_subspace as subspace
 from lopt.metatrain.config import ConfigError
-from lopt.metatrain.diagnose_compile import CHEAP_COMPILE, REFERENCE_COMPILE, REFERENCE_COMPILE_RATIO, CompileTime, jit_with
+from lopt.metatrain.diagnose_compile import (CHEAP_COMPILE, REFERENCE_COMPILE, REFERENCE_COMPILE_RATIO, CompileTime,
+                                             jit_with)
 from lopt.metatrain.diagnose_core import EpisodeObjective, Samples, _flat, _timed, more_within
 from lopt.metatrain.diagnose_options import DiagnoseOptions
 
