@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         sweep_estimators=tuple(e.strip() for e in args.sweep_estimators.split(",") if e.strip()),
     )
     result = diagnose(config, options, from_dir=args.from_dir, progress=not args.no_progress,
-                      config_name=name)
+                      config_name=name, out_dir=args.out)
     paths = write_all(result, args.out)
     ref = result["reference"]
     noise = reference_is_noise(ref)  # as diagnose.md: comparing with a noise reference would rank noise

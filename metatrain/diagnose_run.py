@@ -22,6 +22,7 @@ import datetime
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,14 @@ def diagnose(
     from_dir: str | None = None,
     progress: bool = True,
     config_name: str = "",
+    out_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Measure every requested estimator against the full-episode reference; returns the report dict."""
+    """Measure every requested estimator against the full-episode reference; returns the report dict.
+
+    With ``out_dir``, the estimators' samples are written there
+    (``estimator_samples.npz``) if the subspace reference, drawn after them,
+    fails or is interrupted: on a long config they are most of the run.
+    """
     t_start, cpu_start = time.perf_counter(), time.process_time()
     arch = build.build_arch(config)
     base = build.build_unroller(dataclasses.replace(config, estimator=dataclasses.replace(config.estimator, kind="pes")), arch)
@@ -197,7 +204,18 @@ def diagnose(
                 s = dataclasses.replace(s, compile_seconds=warmed.wall)
             sampled.append((j, s))
         if pending is not None:  # the subspace reference: along the estimators' means (now known), and more
-            reference = pending(bar, [diagnose_reference.finite_mean(s.grads) for _, s in sampled])
+            try:
+                reference = pending(bar, [diagnose_reference.finite_mean(s.grads) for _, s in sampled])
+            except KeyboardInterrupt:
+                saved = _save_estimator_samples(sampled, meta_params, out_dir)
+                if saved is not None:
+                    print(f"lopt diagnose: the estimators' samples are saved in {saved}", file=sys.stderr)
+                raise
+            except ConfigError as err:
+                saved = _save_estimator_samples(sampled, meta_params, out_dir)
+                if saved is None:
+                    raise
+                raise ConfigError(f"{err} (the estimators' samples are saved in {saved})") from None
         ref_grads, basis = reference.pop("grads"), reference.pop("basis")
         # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
         raw = {"reference": ref_grads, "meta_params": np.asarray(core._flat(meta_params))[None]}
@@ -206,7 +224,7 @@ def diagnose(
         rows = []
         for i, (j, s) in enumerate(sampled):
             rows.append(_row(j, s, ref_grads, options, basis))
-            raw[f"{i:02d}_{j['estimator']}" + (f"_{j['sweep']}={j['value']}" if j["sweep"] else "")] = s.grads
+            raw[_sample_name(i, j)] = s.grads
     finally:
         warmer.close()
         bar.close()
@@ -240,6 +258,21 @@ def diagnose(
     result["compile_seconds"] = (reference["compile_seconds"] + reference["probe_compile_seconds"]
                                  + sum(r["compile_seconds"] for r in rows))
     return result
+
+
+def _sample_name(i: int, job: dict) -> str:
+    return f"{i:02d}_{job['estimator']}" + (f"_{job['sweep']}={job['value']}" if job["sweep"] else "")
+
+
+def _save_estimator_samples(sampled: list, meta_params, out_dir) -> Path | None:
+    """The estimators' samples (as in samples.npz) in ``out_dir/estimator_samples.npz``; None without a folder."""
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / "estimator_samples.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = {_sample_name(i, j): s.grads for i, (j, s) in enumerate(sampled)}
+    np.savez(path, meta_params=np.asarray(core._flat(meta_params))[None], **raw)
+    return path
 
 
 def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions, basis=None) -> dict:

@@ -391,6 +391,29 @@ def test_report_files_from_a_result(tmp_path):
 
 
 # ---------------------------------------------------------------- --from a run's checkpoint
+def test_a_failed_subspace_reference_keeps_the_estimators_samples(tmp_path, monkeypatch):
+    """The subspace reference is drawn after the estimators: if it fails, their samples are written, and said."""
+    from lopt.metatrain import diagnose_reference, diagnose_run
+    from lopt.metatrain.config import ConfigError, load_config
+    from lopt.metatrain.diagnose_options import DiagnoseOptions
+
+    def failing(bar, means):
+        raise ConfigError("the subspace reference gradient was non-finite in 2 of 2 samples")
+
+    monkeypatch.setattr(diagnose_reference, "draw", lambda *a, **k: (None, failing))
+    sets = ["tasks=[{name: quadratic, num_tasks: 2}]", "unroll.truncation_length=4", "unroll.min_episode_length=8",
+            "unroll.max_episode_length=16", "validation.every=0"]
+    options = DiagnoseOptions(estimators=("pes",), samples=2, chains=1, reference="subspace", background_compile=False)
+    with pytest.raises(ConfigError, match="non-finite in 2 of 2 samples .the estimators' samples are saved in .*"
+                                          "estimator_samples.npz"):
+        diagnose_run.diagnose(load_config("smoke", sets), options, progress=False, out_dir=tmp_path / "d")
+    saved = np.load(tmp_path / "d" / "estimator_samples.npz")
+    assert saved["00_pes"].shape[:2] == (1, 2) and np.all(np.isfinite(saved["00_pes"]))
+    assert saved["meta_params"].shape == (1, saved["00_pes"].shape[2])
+    with pytest.raises(ConfigError, match="non-finite in 2 of 2 samples$"):  # no folder: nothing to say
+        diagnose_run.diagnose(load_config("smoke", sets), options, progress=False)
+
+
 def test_from_dir_diagnoses_at_the_checkpoint_meta_params(tmp_path, capsys):
     """Train a tiny run, diagnose ``--from`` it: the meta-parameters used are its newest checkpoint's."""
     import argparse
