@@ -156,7 +156,7 @@ def _flat(tree: Any) -> jax.Array:
     return ravel_pytree(tree)[0]
 
 
-# Module-level jits with the (hashable, frozen) estimator or objective static: equal
+# Module-level jits with the (hashable, frozen) estimator or unroller static: equal
 # estimators share one compile across calls (tests, sweeps that revisit a setting).
 @jit_with(CHEAP_COMPILE, static_argnums=0)
 def _init_groups(unroller: Unroller, meta_params, keys):

@@ -69,8 +69,8 @@ def draw(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar,
     if opt.reference == "backprop" or (opt.reference == "auto" and not why):
         bar.phase("reference: full-episode backprop")
         samples = reference_backprop(objective, meta_params, data, k_ref, opt.reference_samples, tick=bar.tick,
-                                          max_bytes=budget if opt.reference == "auto" else None,
-                                          budget_s=opt.sample_budget_s, max_samples=16 * opt.reference_samples)
+                                     max_bytes=budget if opt.reference == "auto" else None,
+                                     budget_s=opt.sample_budget_s, max_samples=16 * opt.reference_samples)
         if samples is None:
             why = f"backprop through the episode needs more than {budget / 1e9:.1f} GB"
         elif opt.reference == "auto" and np.sum(np.all(np.isfinite(samples.grads[0]), axis=1)) < 2:
@@ -85,7 +85,7 @@ def draw(objective, meta_params, data, key, settings, opt: DiagnoseOptions, bar,
     if samples is None and opt.reference == "es":
         bar.phase("reference: full-episode antithetic ES")
         samples = reference_es(objective, meta_params, data, k_ref, opt.reference_es_samples, settings.std,
-                                    tick=bar.tick, budget_s=opt.sample_budget_s)
+                               tick=bar.tick, budget_s=opt.sample_budget_s)
         return result("es", samples, objective, info), None
     if samples is not None:
         return result(method, samples, objective, info), None

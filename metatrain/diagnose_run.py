@@ -203,28 +203,27 @@ def diagnose(
             if warmed is not None:  # compiled on the worker thread: its first call found the programs ready
                 s = dataclasses.replace(s, compile_seconds=warmed.wall)
             sampled.append((j, s))
+        # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
+        raw = {"meta_params": np.asarray(core._flat(meta_params))[None],
+               **{_sample_name(i, j): s.grads for i, (j, s) in enumerate(sampled)}}
         if pending is not None:  # the subspace reference: along the estimators' means (now known), and more
             try:
                 reference = pending(bar, [diagnose_reference.finite_mean(s.grads) for _, s in sampled])
             except KeyboardInterrupt:
-                saved = _save_estimator_samples(sampled, meta_params, out_dir)
+                saved = _save_estimator_samples(raw, out_dir)
                 if saved is not None:
                     print(f"lopt diagnose: the estimators' samples are saved in {saved}", file=sys.stderr)
                 raise
             except ConfigError as err:
-                saved = _save_estimator_samples(sampled, meta_params, out_dir)
+                saved = _save_estimator_samples(raw, out_dir)
                 if saved is None:
                     raise
                 raise ConfigError(f"{err} (the estimators' samples are saved in {saved})") from None
         ref_grads, basis = reference.pop("grads"), reference.pop("basis")
-        # the meta-parameters diagnosed at (flattened), so that a result names exactly where it was measured
-        raw = {"reference": ref_grads, "meta_params": np.asarray(core._flat(meta_params))[None]}
+        raw["reference"] = ref_grads
         if basis is not None:  # the subspace reference's coordinates are along these rows
             raw["basis_exact"], raw["basis_random"] = basis.exact, basis.random
-        rows = []
-        for i, (j, s) in enumerate(sampled):
-            rows.append(_row(j, s, ref_grads, options, basis))
-            raw[_sample_name(i, j)] = s.grads
+        rows = [_row(j, s, ref_grads, options, basis) for j, s in sampled]
     finally:
         warmer.close()
         bar.close()
@@ -264,14 +263,13 @@ def _sample_name(i: int, job: dict) -> str:
     return f"{i:02d}_{job['estimator']}" + (f"_{job['sweep']}={job['value']}" if job["sweep"] else "")
 
 
-def _save_estimator_samples(sampled: list, meta_params, out_dir) -> Path | None:
-    """The estimators' samples (as in samples.npz) in ``out_dir/estimator_samples.npz``; None without a folder."""
+def _save_estimator_samples(raw: dict, out_dir) -> Path | None:
+    """``raw`` (samples.npz's arrays so far) in ``out_dir/estimator_samples.npz``; None without a folder."""
     if out_dir is None:
         return None
     path = Path(out_dir) / "estimator_samples.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = {_sample_name(i, j): s.grads for i, (j, s) in enumerate(sampled)}
-    np.savez(path, meta_params=np.asarray(core._flat(meta_params))[None], **raw)
+    np.savez(path, **raw)
     return path
 
 
