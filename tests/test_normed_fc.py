@@ -199,13 +199,9 @@ def test_distance_estimate_survives_zero_and_non_finite_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.inner, before)
 
 
-def test_brake_slows_only_a_step_that_overshoots():
-    """Gradients that reverse against the previous direction brake the step (to its floor, exactly
-    proportionally); gradients that keep their direction leave it at the prior's; off by default."""
-    assert "brake" not in ARCH.init(ARCH.init_meta_params(KEY), tiny_params(), 10).inner
-    with pytest.raises(OptimizerError, match="brake"):
-        architectures.get("normed_fc", brake_rate=-1.0)
-    arch = architectures.get("normed_fc", hidden=4, brake_rate=0.5, brake_floor=0.25)
+def _braked(arch):
+    """``arch``'s state after 12 steps of gradients that flip sign each step (brake at its floor), the same
+    state with the brake released, and the jitted update."""
     update = jax.jit(arch.update)
     mp, params = arch.init_meta_params(KEY), tiny_params()
     g = jax.tree.map(lambda x: jnp.ones_like(x), params)
@@ -215,10 +211,43 @@ def test_brake_slows_only_a_step_that_overshoots():
         _, steady = update(mp, steady, g, params, jnp.float32(1.0))
         _, flipping = update(mp, flipping, jax.tree.map(lambda x: (-1.0) ** t * x, g), params, jnp.float32(1.0))
     assert float(steady.inner["brake"]) == 0.0  # never above the prior
+    free = flipping._replace(inner={**flipping.inner, "brake": jnp.zeros((), jnp.float32)})
+    return update, mp, params, g, flipping, free
+
+
+def test_brake_slows_only_a_step_that_overshoots():
+    """Gradients that reverse against the previous direction brake the step (to its floor, exactly
+    proportionally); gradients that keep their direction leave it at the prior's; off by default."""
+    assert "brake" not in ARCH.init(ARCH.init_meta_params(KEY), tiny_params(), 10).inner
+    with pytest.raises(OptimizerError, match="brake"):
+        architectures.get("normed_fc", brake_rate=-1.0)
+    arch = architectures.get("normed_fc", hidden=4, brake_rate=0.5, brake_floor=0.25)
+    update, mp, params, g, flipping, free = _braked(arch)
     assert float(flipping.inner["brake"]) == pytest.approx(np.log(0.25))  # each reversal brakes, down to the floor
     # the braked step is the unbraked one times the floor (weight decay included: it follows lr_t)
-    free = flipping._replace(inner={**flipping.inner, "brake": jnp.zeros((), jnp.float32)})
     u_braked, _ = update(mp, flipping, g, params, jnp.float32(1.0))
     u_free, _ = update(mp, free, g, params, jnp.float32(1.0))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), 0.25 * np.asarray(b), rtol=1e-6, atol=1e-12),
                  u_braked, u_free)
+
+
+def test_brake_can_spare_the_weight_decay():
+    """``brake_decay=False``: the braked step's gradient part is slowed, its weight decay is not."""
+    loss = jnp.float32(1.0)
+    for brake_decay, decay_factor in ((True, 0.25), (False, 1.0)):
+        arch = architectures.get("normed_fc", hidden=4, brake_rate=0.5, brake_floor=0.25, brake_decay=brake_decay)
+        update, mp, params, g, flipping, free = _braked(arch)
+        # no gradient and no momentum: the update is then the weight decay alone
+        no_grad = jax.tree.map(jnp.zeros_like, g)
+        still = lambda st: st._replace(inner={**st.inner, "m": jax.tree.map(jnp.zeros_like, st.inner["m"])})
+        decay_braked, _ = update(mp, still(flipping), no_grad, params, loss)
+        decay_free, _ = update(mp, still(free), no_grad, params, loss)
+        assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(decay_free))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), decay_factor * np.asarray(b), rtol=1e-6),
+                     decay_braked, decay_free)
+        # the step as a whole: gradient part braked to the floor, plus the (un)braked decay
+        u_braked, _ = update(mp, flipping, g, params, loss)
+        u_free, _ = update(mp, free, g, params, loss)
+        jax.tree.map(lambda u, du, f, df: np.testing.assert_allclose(
+            np.asarray(u), 0.25 * np.asarray(f - df) + np.asarray(du), rtol=1e-5, atol=1e-12),
+            u_braked, decay_braked, u_free, decay_free)

@@ -32,7 +32,9 @@ here the step size is not something the per-parameter network can set freely:
   ``lr_t``, where ``b`` integrates the cosine between this step's gradient and
   the previous step's direction. Gradients that turn against the direction
   just taken mean the step overshoots; it can only slow the prior, never
-  speed it up, and costs three reductions per tensor.
+  speed it up, and costs three reductions per tensor. With
+  ``brake_decay=False`` the weight decay keeps the unbraked rate, so
+  braking an overshooting step does not also weaken the regularizer.
 * **Decoupled weight decay** ``lr_t * exp(log_wd) * p`` with a learned rate,
   as in AdamW; ``decay_min_ndim=2`` spares biases and normalization gains, as
   transformer training usually does.
@@ -107,6 +109,9 @@ class NormedFC(LearnedOptimizer):
     # clipped to [log brake_floor, 0]. Gradients that turn against the previous direction mean the step overshoots.
     brake_rate: float = 0.0
     brake_floor: float = 0.1
+    # Whether the brake also slows the decoupled weight decay (True) or the decay keeps the unbraked rate (False):
+    # braking the regularizer along with the step cost the tasks that weight decay wins (model card).
+    brake_decay: bool = True
 
     def __post_init__(self) -> None:
         if not self.momentum_decays:
@@ -269,6 +274,7 @@ class NormedFC(LearnedOptimizer):
         step_feats = jnp.concatenate([ft.time_features(state.step, state.num_steps, self.timescales), loss_feat[None]])
         lr_t = self.step_lr(state)
         wd = jnp.exp(mp["log_wd"])
+        lr_decay = lr_t if not self.brakes or self.brake_decay else lr_t * jnp.exp(-state.inner["brake"])
         adapts = self.adapts_distance
         if adapts:
             weight = self._distance_weight(state.inner["d"], lr_t)
@@ -304,7 +310,7 @@ class NormedFC(LearnedOptimizer):
             log_mult = _bounded(log_step_time + tensor @ mp["step"]["w"][n_step:])
             rms_d = _rms(d)
             scale = s * lr_t * jnp.exp(log_mult) * rms_a / rms_d
-            decay = s * lr_t * wd if jnp.ndim(p) >= self.decay_min_ndim else jnp.zeros((), jnp.float32)
+            decay = s * lr_decay * wd if jnp.ndim(p) >= self.decay_min_ndim else jnp.zeros((), jnp.float32)
             update = -(scale * d) - decay * p
             # An empty leaf has NaN RMSs and no update: it must not skip the step.
             finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, decay])).all() if jnp.size(g) else True
