@@ -200,8 +200,9 @@ def test_distance_estimate_survives_zero_and_non_finite_gradients():
 
 
 def _braked(arch):
-    """``arch``'s state after 12 steps of gradients that flip sign each step (brake at its floor), the same
-    state with the brake released, and the jitted update."""
+    """``(update, meta_params, params, grads, flipping, free)``: ``flipping`` is ``arch``'s state after 12 steps
+    of gradients that flip sign each step (brake at its floor), ``free`` the same state with the brake released,
+    ``update`` the jitted update and ``grads`` the all-ones gradients."""
     update = jax.jit(arch.update)
     mp, params = arch.init_meta_params(KEY), tiny_params()
     g = jax.tree.map(lambda x: jnp.ones_like(x), params)
