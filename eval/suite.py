@@ -27,6 +27,8 @@ Schema (every top-level key but ``tasks`` is optional)::
     baselines:                # extra optax optimizers, fixed hyperparameters (beside the built-in ones
                               # that ``lopt eval --baselines`` picks: see lopt.eval.baselines)
       - {name: sgd_momentum, optax: sgd, kwargs: {learning_rate: 0.1, momentum: 0.9}}
+    include_tasks: [quick]    # optional: the tasks of other suites (names or paths) come first, as they are
+                              # written there (label, steps, eval_every, overrides); every other setting is this file's
     tasks:
       - {task: mlp_digits, steps: 300}
       - {task: quadratic_10, steps: 200, label: quad_long, overrides: {condition: 100.0}}
@@ -120,7 +122,7 @@ class Suite:
 
 _TOP_KEYS = {
     "name", "description", "seeds", "tuning_seeds", "eval_every", "default_lr", "lr_grid", "speedup_horizon",
-    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks", "mup", "saturation",
+    "tie_rtol", "tie_atol", "divergence_factor", "baselines", "tasks", "mup", "saturation", "include_tasks",
 }
 _SATURATION_KEYS = {"reference", "bands"}
 _TASK_KEYS = {"task", "steps", "label", "overrides", "eval_every"}
@@ -137,6 +139,11 @@ def suite_names() -> list[str]:
 
 def load_suite(name_or_path: str | Path) -> Suite:
     """A suite by shipped name (``smoke``) or by path to a YAML file."""
+    return _load_suite(name_or_path, ())
+
+
+def _load_suite(name_or_path: str | Path, including: tuple[str, ...]) -> Suite:
+    """``load_suite``; ``including``: the files whose ``include_tasks`` led here (to refuse a cycle)."""
     try:
         path = configs.resolve("eval", name_or_path)
     except FileNotFoundError as err:
@@ -145,19 +152,42 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raw = yaml_load(path.read_text())
     except yaml.YAMLError as err:
         raise EvalError(f"suite {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_suite(raw, default_name=path.stem, where=str(path))
+    key = str(path.resolve())
+    if key in including:
+        raise EvalError(f"suite {path}: include_tasks forms a cycle ({' -> '.join(including + (key,))})")
+    return _parse(raw, path.stem, str(path), including + (key,))
 
 
 def parse_suite(raw: Any, default_name: str = "suite", where: str = "suite") -> Suite:
     """Validate a parsed YAML mapping into a :class:`Suite` (errors name the bad key)."""
+    return _parse(raw, default_name, where, ())
+
+
+def _included_tasks(raw: Any, where: str, including: tuple[str, ...]) -> tuple[TaskSpec, ...]:
+    """The tasks of the suites named by ``include_tasks`` (one name/path or a list), in order."""
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise EvalError(f"{where}: key 'include_tasks' must be a suite name or path, or a list of them")
+    tasks: list[TaskSpec] = []
+    for name in names:
+        try:
+            tasks.extend(_load_suite(name, including).tasks)
+        except EvalError as err:
+            raise EvalError(f"{where}: include_tasks {name!r}: {err}") from None
+    return tuple(tasks)
+
+
+def _parse(raw: Any, default_name: str, where: str, including: tuple[str, ...]) -> Suite:
     if not isinstance(raw, Mapping):
         raise EvalError(f"{where}: expected a mapping at top level, got {type(raw).__name__}")
     _check_keys(raw, _TOP_KEYS, where)
-    if "tasks" not in raw or not raw["tasks"]:
+    included = _included_tasks(raw["include_tasks"], where, including) if "include_tasks" in raw else ()
+    own = raw.get("tasks") or []
+    if not included and not own:
         raise EvalError(f"{where}: key 'tasks' is missing or empty")
-    if not isinstance(raw["tasks"], list):
+    if not isinstance(own, list):
         raise EvalError(f"{where}: key 'tasks' must be a list")
-    tasks = tuple(_parse_task(t, f"{where}: tasks[{i}]") for i, t in enumerate(raw["tasks"]))
+    tasks = included + tuple(_parse_task(t, f"{where}: tasks[{i}]") for i, t in enumerate(own))
     labels = [t.display for t in tasks]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:

@@ -61,6 +61,34 @@ def test_malformed_suite_names_the_problem(raw, match):
         parse_suite(raw)
 
 
+def test_include_tasks_prepends_another_suites_tasks_as_written(tmp_path):
+    wide, old = load_suite("default_decision_wide"), load_suite("default_decision")
+    assert wide.tasks[: len(old.tasks)] == old.tasks  # labels, steps, per-task eval_every, overrides
+    assert len(wide.tasks) == len(old.tasks) + 7
+    (tmp_path / "a.yaml").write_text("eval_every: 7\ntasks: [{task: quadratic, steps: 5, label: q5, eval_every: 1}]\n")
+    both = tmp_path / "b.yaml"
+    both.write_text(f"include_tasks: [{tmp_path / 'a.yaml'}, smoke]\neval_every: 3\n"
+                    "tasks: [{task: quadratic, steps: 9, label: q9}]\n")
+    suite = load_suite(both)
+    assert [t.display for t in suite.tasks] == ["q5"] + [t.display for t in load_suite("smoke").tasks] + ["q9"]
+    assert suite.tasks[0].eval_every == 1 and suite.eval_every == 3  # settings are the including file's
+    assert len(load_suite(tmp_path / "a.yaml").tasks) == 1
+
+
+def test_include_tasks_errors_name_the_file(tmp_path):
+    with pytest.raises(EvalError, match="include_tasks 'nope'.*unknown suite"):
+        parse_suite({"include_tasks": "nope"})
+    with pytest.raises(EvalError, match="must be a suite name or path"):
+        parse_suite({"include_tasks": [3], "tasks": [{"task": "quadratic", "steps": 5}]})
+    with pytest.raises(EvalError, match="duplicate task labels"):
+        parse_suite({"include_tasks": "smoke", "tasks": [dict(load_suite("smoke").to_dict()["tasks"][0])]})
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"include_tasks: {b}\n")
+    b.write_text(f"include_tasks: {a}\ntasks: [{{task: quadratic, steps: 5}}]\n")
+    with pytest.raises(EvalError, match="forms a cycle"):
+        load_suite(a)
+
+
 def test_grid_always_contains_default_lr():
     suite = parse_suite(_suite(lr_grid={"min": 2e-4, "max": 2e-1, "num": 8}, default_lr="1e-3"))
     assert 1e-3 in suite.lr_grid and len(suite.lr_grid) == 9
