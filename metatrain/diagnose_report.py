@@ -12,7 +12,27 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lopt.metatrain.diagnose_options import SWEEP_KEYS
 from lopt.metatrain.diagnose_stats import reference_is_noise
+
+
+def sweep_points(results: list[dict], sweeps: list[dict], field: str) -> list[dict]:
+    """The rows of one swept field, and the config's own row of each swept estimator at its own value.
+
+    The config's setting is a point of the sweep too: a grid that leaves it out (``truncation_length=10,50``
+    around the config's 20) would otherwise name a worse value "best".
+    """
+    swept = [r for r in sweeps if r.get("sweep") and SWEEP_KEYS[r["sweep"]][1] == field and "error" not in r]
+    names = {r["estimator"] for r in swept}
+    own = [{**r, "value": r[field]} for r in results
+           if r["estimator"] in names and r.get("sweep") is None and field in r and "error" not in r]
+    return own + [r for r in swept if all(r["value"] != o["value"] or r["estimator"] != o["estimator"] for o in own)]
+
+
+def seconds_to_target(r: dict) -> float:
+    """Seconds to the target cosine; never reached (None or inf) sorts last."""
+    v = r.get("seconds_to_target")
+    return math.inf if v is None else float(v)
 
 
 def _jsonable(x: Any) -> Any:
@@ -176,12 +196,11 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
-    sweeps = result["sweeps"]
-    for key in dict.fromkeys(r["sweep"] for r in sweeps):
-        rows = [r for r in sweeps if r["sweep"] == key and "error" not in r]
+    for key in dict.fromkeys(r["sweep"] for r in result["sweeps"]):
+        rows = sweep_points(result["results"], result["sweeps"], SWEEP_KEYS[key][1])
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, est in enumerate(dict.fromkeys(r["estimator"] for r in rows)):
-            pts = [(r["value"], r["seconds_to_target"]) for r in rows if r["estimator"] == est]
+            pts = sorted((r["value"], seconds_to_target(r)) for r in rows if r["estimator"] == est)
             xs = [float(x) for x, y in pts if math.isfinite(y)]
             ys = [y for x, y in pts if math.isfinite(y)]
             ax.plot(xs, ys, "o-", color=f"C{i}", label=est)

@@ -32,6 +32,7 @@ import numpy as np
 from lopt.metatrain import build
 from lopt.metatrain import diagnose_core as core
 from lopt.metatrain import diagnose_reference
+from lopt.metatrain import diagnose_report as report
 from lopt.metatrain import diagnose_stats as stats
 from lopt.metatrain.config import ConfigError, TrainConfig, to_dict
 from lopt.metatrain.diagnose_compile import BACKPROP_STEP_COMPILE_RATIO, CompileTime
@@ -250,8 +251,8 @@ def diagnose(
     }
     result["background_compile"] = warmer.pool is not None  # estimators compiled on a second thread
     result["ranking"] = ranking(result["results"])
-    result["best_truncation_length"] = best_setting(result["sweeps"], "truncation_length")
-    result["best_std"] = best_setting(result["sweeps"], "std")
+    result["best_truncation_length"] = best_setting(result["results"], result["sweeps"], "truncation_length")
+    result["best_std"] = best_setting(result["results"], result["sweeps"], "std")
     result["wall_seconds"] = time.perf_counter() - t_start
     result["cpu_seconds"] = time.process_time() - cpu_start  # all threads; next to the load, says how shared the CPU was
     result["compile_seconds"] = (reference["compile_seconds"] + reference["probe_compile_seconds"]
@@ -319,13 +320,11 @@ def ranking(rows: list[dict]) -> list[dict]:
     ]
 
 
-def best_setting(rows: list[dict], field: str) -> dict | None:
-    """Per estimator, the swept value of ``field`` with the fewest seconds to the target cosine."""
+def best_setting(results: list[dict], sweeps: list[dict], field: str) -> dict | None:
+    """Per swept estimator, the value of ``field`` (the config's own included) with the fewest seconds to the target."""
     out = {}
-    for r in rows:
-        if r["sweep"] is None or SWEEP_KEYS[r["sweep"]][1] != field:
-            continue
+    for r in report.sweep_points(results, sweeps, field):
         cur = out.get(r["estimator"])
-        if cur is None or r.get("seconds_to_target", math.inf) < cur["seconds_to_target"]:
-            out[r["estimator"]] = {"value": r["value"], "seconds_to_target": r.get("seconds_to_target", math.inf)}
+        if cur is None or report.seconds_to_target(r) < cur["seconds_to_target"]:
+            out[r["estimator"]] = {"value": r["value"], "seconds_to_target": report.seconds_to_target(r)}
     return out or None

@@ -347,6 +347,22 @@ def test_sweep_parsing_and_bad_input():
         DiagnoseOptions(estimators=("pes", "sgd"))
 
 
+def test_best_setting_counts_the_configs_own_value():
+    """A grid around the config's value (10 and 50 around 20) must not call a worse swept value best."""
+    from lopt.metatrain import diagnose_run as run
+
+    own = [{"estimator": "es", "sweep": None, "value": None, "truncation_length": 20, "std": 0.01, "seconds_to_target": 30.0},
+           {"estimator": "pes", "sweep": None, "value": None, "truncation_length": 20, "std": 0.01, "seconds_to_target": None}]
+    swept = [{"estimator": "es", "sweep": "truncation_length", "value": 10, "seconds_to_target": 600.0},
+             {"estimator": "es", "sweep": "unroll.truncation_length", "value": 50, "seconds_to_target": None},
+             {"estimator": "es", "sweep": "estimator.std", "value": 0.03, "seconds_to_target": 20.0}]
+    assert run.best_setting(own, swept, "truncation_length") == {"es": {"value": 20, "seconds_to_target": 30.0}}
+    assert run.best_setting(own, swept, "std") == {"es": {"value": 0.03, "seconds_to_target": 20.0}}
+    swept[0]["seconds_to_target"] = 5.0
+    assert run.best_setting(own, swept, "truncation_length")["es"]["value"] == 10  # pes was not swept: absent
+    assert run.best_setting(own, [], "std") is None
+
+
 def test_report_files_from_a_result(tmp_path):
     """diagnose.json is strict JSON (never-reached targets are null), diagnose.md ranks, plots exist."""
     import json
@@ -376,7 +392,7 @@ def test_report_files_from_a_result(tmp_path):
         "reference": {"method": "backprop", "fallback_reason": "", **stats.reference_quality(ref),
                       "seconds_per_sample": 1.0},
         "results": rows, "sweeps": sweeps, "ranking": run.ranking(rows),
-        "best_truncation_length": run.best_setting(sweeps, "truncation_length"), "best_std": None, "wall_seconds": 1.0,
+        "best_truncation_length": run.best_setting(rows, sweeps, "truncation_length"), "best_std": None, "wall_seconds": 1.0,
     }
     assert result["ranking"][0]["estimator"] == "pes"
     paths = report.write_all(result, tmp_path)
