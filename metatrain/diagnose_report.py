@@ -26,7 +26,8 @@ def sweep_points(results: list[dict], sweeps: list[dict], field: str) -> list[di
     names = {r["estimator"] for r in swept}
     own = [{**r, "value": r[field]} for r in results
            if r["estimator"] in names and r.get("sweep") is None and field in r and "error" not in r]
-    return own + [r for r in swept if all(r["value"] != o["value"] or r["estimator"] != o["estimator"] for o in own)]
+    measured = {(o["estimator"], o["value"]) for o in own}  # a swept value equal to the config's is not a second point
+    return own + [r for r in swept if (r["estimator"], r["value"]) not in measured]
 
 
 def seconds_to_target(r: dict) -> float:

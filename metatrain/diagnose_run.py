@@ -312,9 +312,9 @@ def _row(job: dict, s: core.Samples, ref_grads: np.ndarray, opt: DiagnoseOptions
 
 def ranking(rows: list[dict]) -> list[dict]:
     """Estimators by seconds to reach the target cosine (never-reaching last, by cosine)."""
-    key = lambda r: (r.get("seconds_to_target", math.inf), -r.get("cosine", -1.0))
+    key = lambda r: (report.seconds_to_target(r), -r.get("cosine", -1.0))
     return [
-        {"estimator": r["estimator"], "seconds_to_target": r.get("seconds_to_target", math.inf), "cosine": r.get("cosine"),
+        {"estimator": r["estimator"], "seconds_to_target": report.seconds_to_target(r), "cosine": r.get("cosine"),
          "mean_resolved": r.get("mean_resolved", True)}
         for r in sorted(rows, key=key)
     ]
@@ -324,7 +324,7 @@ def best_setting(results: list[dict], sweeps: list[dict], field: str) -> dict | 
     """Per swept estimator, the value of ``field`` (the config's own included) with the fewest seconds to the target."""
     out = {}
     for r in report.sweep_points(results, sweeps, field):
-        cur = out.get(r["estimator"])
-        if cur is None or report.seconds_to_target(r) < cur["seconds_to_target"]:
-            out[r["estimator"]] = {"value": r["value"], "seconds_to_target": report.seconds_to_target(r)}
+        cur, secs = out.get(r["estimator"]), report.seconds_to_target(r)
+        if cur is None or secs < cur["seconds_to_target"]:
+            out[r["estimator"]] = {"value": r["value"], "seconds_to_target": secs}
     return out or None
