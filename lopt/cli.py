@@ -29,6 +29,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# import names of the ``train`` extra (pyproject.toml): without them the meta-training and evaluation commands
+# cannot run, which is a missing install step, not a bug
+TRAIN_EXTRA_MODULES = frozenset({"flax", "yaml", "tqdm", "tensorflow_datasets", "importlib_resources", "sklearn",
+                                 "matplotlib"})
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(prog="lopt", description="Meta-train and use learned optimizers.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
@@ -65,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         handler = importlib.import_module("lopt.eval.main_job")
     try:
         return int(handler.main(args) or 0)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES or os.environ.get("LOPT_DEBUG"):
+            raise
+        print(f"lopt: error: `lopt {args.command}` needs the meta-training extras (module {err.name!r} is not "
+              "installed): pip install 'lopt[train]'", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, KeyError, OSError) as err:  # bad input, not a bug
         if os.environ.get("LOPT_DEBUG"):
             raise

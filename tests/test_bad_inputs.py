@@ -349,6 +349,24 @@ def test_eval_default_resolves_to_the_shipped_optimizer_despite_a_folder(tmp_pat
     assert resolve_optimizer("pretrained:default")[2] == "pretrained:default"
 
 
+def test_a_missing_training_extra_names_the_install_command(monkeypatch, capsys):
+    """`lopt recipe` on a deploy-only install (no `[train]` extra) is an install step to name, not a traceback."""
+    import lopt.metatrain.cli_recipe as cli_recipe
+
+    def missing(name):
+        def main(args):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return main
+
+    monkeypatch.setattr(cli_recipe, "main", missing("yaml"))
+    assert cli.main(["recipe", "default_v7", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "`lopt recipe` needs the meta-training extras" in err and "'yaml'" in err and "lopt[train]" in err
+    monkeypatch.setattr(cli_recipe, "main", missing("not_an_extra"))  # any other missing module is a bug: raised
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["recipe", "default_v7", "--dry-run"])
+
+
 # ---------------------------------------------------------------- Ctrl-C (a real process)
 def test_ctrl_c_during_the_first_compile_exits_cleanly_keeping_everything(env, tmp_path):
     run = _copy_run(env, "sigint")
