@@ -24,7 +24,6 @@ and the rule saying which tasks count are defined in :mod:`lopt.eval.metrics`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -109,19 +108,14 @@ def check_mup_tasks(learned: Mapping[str, ExportsOptax], suite: Suite) -> None:
 
 def build_task(spec: TaskSpec) -> Task:
     """The registered task of ``spec`` with its field overrides applied (errors name the bad field)."""
-    from lopt.tasks.registry import get_task
+    from lopt.tasks.base import TaskError
+    from lopt.tasks.registry import get_task, with_overrides
 
     task = get_task(spec.task)
-    if not spec.overrides:
-        return task
-    fields = {f.name for f in dataclasses.fields(task)}
-    for k, _ in spec.overrides:
-        if k not in fields:
-            raise EvalError(f"task {spec.display!r}: unknown override {k!r}; fields of {spec.task}: {', '.join(sorted(fields))}")
     try:
-        return dataclasses.replace(task, **dict(spec.overrides))
-    except (TypeError, ValueError) as err:
-        raise EvalError(f"task {spec.display!r}: bad overrides ({err})") from None
+        return with_overrides(task, dict(spec.overrides), f"task {spec.display!r}")
+    except TaskError as err:
+        raise EvalError(str(err)) from None
 
 
 def scaled_steps(steps: int, scale: float, eval_every: int, min_evals: int = MIN_VALID_EVALS) -> tuple[int, int]:

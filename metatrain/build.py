@@ -21,22 +21,25 @@ from lopt.metatrain.config import ConfigError, MetaOptConfig, TaskSpec, TrainCon
 from lopt.metatrain.estimators import ESTIMATORS
 from lopt.metatrain.unroll import Augmentation, EpisodeSchedule, Group, Unroller
 from lopt.tasks import registry
-from lopt.tasks.base import Task
+from lopt.tasks.base import Task, TaskError
 
 
-def resolve_tasks(spec: TaskSpec) -> list[Group]:
-    """A task name gives one group; a family name one group per static variant."""
+def resolve_tasks(spec: TaskSpec, where: str = "tasks") -> list[Group]:
+    """A task name gives one group; a family name one group per static variant (overrides applied to each)."""
     if spec.name in registry.task_names():
-        return [Group(registry.get_task(spec.name), spec.num_tasks, spec.sample_hparams)]
-    if spec.name in registry.family_names():
+        variants, counts = [registry.get_task(spec.name)], [spec.num_tasks]
+    elif spec.name in registry.family_names():
         family = registry.get_family(spec.name)
-        weights = family.normalized_weights()
-        return [
-            Group(task, max(1, round(w * spec.num_tasks)), spec.sample_hparams)
-            for task, w in zip(family.tasks, weights)
-        ]
-    valid = ", ".join(registry.task_names() + registry.family_names())
-    raise ConfigError(f"tasks: unknown task or family {spec.name!r}; valid names: {valid}")
+        variants = list(family.tasks)
+        counts = [max(1, round(w * spec.num_tasks)) for w in family.normalized_weights()]
+    else:
+        valid = ", ".join(registry.task_names() + registry.family_names())
+        raise ConfigError(f"{where}: unknown task or family {spec.name!r}; valid names: {valid}")
+    try:
+        variants = [registry.with_overrides(t, spec.overrides, where) for t in variants]
+    except TaskError as err:
+        raise ConfigError(str(err)) from None
+    return [Group(task, n, spec.sample_hparams) for task, n in zip(variants, counts)]
 
 
 def resolve_task(name: str) -> Task:

@@ -51,11 +51,14 @@ class TaskSpec:
 
     A family's static variants become separate vmapped groups sharing
     ``num_tasks`` slots by the family's weights (at least one each).
+    ``overrides`` replace fields of the task's frozen dataclass (of every
+    variant, for a family), as in evaluation suites: ``{batch_size: 16}``.
     """
 
     name: str = "mlp_digits"
     num_tasks: int = 8
     sample_hparams: bool = True
+    overrides: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +376,10 @@ def _check_names(config: TrainConfig) -> None:
     for i, spec in enumerate(config.tasks):
         if spec.name not in known:
             raise ConfigError(f"tasks[{i}].name: unknown task or family {spec.name!r}; valid names: {', '.join(known)}")
+        if spec.overrides:
+            from lopt.metatrain.build import resolve_tasks
+
+            resolve_tasks(spec, where=f"tasks[{i}].overrides")
     if config.validation.every > 0:
         for i, name in enumerate(config.validation.tasks):
             if name not in registry.task_names():

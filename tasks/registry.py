@@ -14,7 +14,8 @@ To add an entry, add one line, e.g.::
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable, Mapping
 
 from lopt.tasks import families as fam
 from lopt.tasks.base import Task, TaskError, TaskFamily
@@ -137,3 +138,23 @@ def get_family(name: str) -> TaskFamily:
     except KeyError:
         raise TaskError(f"unknown task family {name!r}; valid families: {', '.join(family_names())}") from None
     return factory()
+
+
+def with_overrides(task: Task, overrides: Mapping[str, Any], where: str) -> Task:
+    """``task`` with some fields of its frozen dataclass replaced (lists become tuples).
+
+    Used by evaluation suites and by training mixtures alike, so a variant (a
+    batch size, an activation) is written the same way in both. Errors start
+    with ``where`` and name the bad field and the valid ones.
+    """
+    if not overrides:
+        return task
+    fields = {f.name for f in dataclasses.fields(task)}
+    for key in overrides:
+        if key not in fields:
+            raise TaskError(f"{where}: unknown override {key!r}; fields of {type(task).__name__}: {', '.join(sorted(fields))}")
+    frozen = {str(k): tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    try:
+        return dataclasses.replace(task, **frozen)
+    except (TypeError, ValueError) as err:
+        raise TaskError(f"{where}: bad overrides ({err})") from None

@@ -80,3 +80,27 @@ def test_bad_names_and_files_give_clear_errors(tmp_path):
         build_unroller(load_config(None, ["tasks=[nope]"]))
     with pytest.raises(ConfigError, match="meta_opt.name"):
         build_meta_optimizer(load_config(None, ["meta_opt.name=not_an_optimizer"]))
+
+
+def test_task_overrides_change_every_group_of_the_entry():
+    """A mixture entry's ``overrides`` reach the unroller's tasks (each variant of a family), lists as tuples."""
+    c = load_config(None, ["tasks=[{name: mlp_digits, num_tasks: 2, overrides: {batch_size: 16, hidden: [48]}},"
+                           " {name: digits_cnn_family, num_tasks: 4, overrides: {batch_size: 24}}]"])
+    groups = build_unroller(c).groups
+    assert (groups[0].task.batch_size, groups[0].task.hidden, groups[0].num_tasks) == (16, (48,), 2)
+    assert len(groups) == 5 and {g.task.batch_size for g in groups[1:]} == {24}
+    plain = build_unroller(load_config(None, ["tasks=[{name: mlp_digits, num_tasks: 2}]"])).groups[0].task
+    assert plain.batch_size == 128 and plain.hidden == (32,)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tasks=[{name: mlp_digits, overrides: {batch_sze: 16}}]", r"tasks\[0\].overrides: unknown override 'batch_sze'"),
+        ("tasks=[{name: mlp_digits, overrides: {batch_size: 0}}]", r"tasks\[0\].overrides: bad overrides .*batch_size"),
+        ("tasks=[quadratic, {name: mlp_digits, overrides: [1]}]", r"tasks\[1\].overrides: expected a mapping"),
+    ],
+)
+def test_bad_task_overrides_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
