@@ -153,8 +153,9 @@ def build_unroller(config: TrainConfig, arch: LearnedOptimizer | None = None) ->
     u, e = config.unroll, config.estimator
     schedule = EpisodeSchedule(u.episode, u.episode_length, u.min_episode_length, u.max_episode_length)
     truncation, stagger = u.truncation_length, u.stagger
-    if e.kind == "full_es":  # whole episodes from a fresh start every outer step, as long as the longest
-        schedule = EpisodeSchedule("constant", schedule.longest)
+    if e.kind == "full_es":  # whole episodes from a fresh start every outer step (FullES.episodes)
+        if e.episodes == "longest":
+            schedule = EpisodeSchedule("constant", schedule.longest)
         truncation, stagger = schedule.longest, False
     return Unroller(
         arch=arch,
@@ -179,7 +180,7 @@ def build_estimator(config: TrainConfig, unroller: Unroller | None = None) -> An
     if e.kind == "backprop":
         return cls(unroller, nonfinite=e.nonfinite)
     if e.kind == "full_es":
-        return cls(unroller, std=e.std, nonfinite=e.nonfinite, sign=e.sign)
+        return cls(unroller, std=e.std, nonfinite=e.nonfinite, sign=e.sign, episodes=e.episodes)
     return cls(unroller, std=e.std, nonfinite=e.nonfinite)
 
 

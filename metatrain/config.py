@@ -38,6 +38,7 @@ import yaml
 from lopt import architectures, configs
 from lopt.base import OptimizerError, check_hparams
 
+from lopt.metatrain.estimators import FULL_ES_EPISODES
 from lopt.metatrain.unroll import LOSS_TRANSFORMS, META_LOSSES, MetaTrainError
 
 
@@ -93,6 +94,9 @@ class EstimatorConfig:
     kind: str = "pes"  # pes | es | full_es | backprop
     std: float = 0.01
     sign: bool = False  # full_es only: sign-ES
+    # full_es only: longest (every task runs the schedule's longest episode) | sampled (each task runs one whole
+    # episode of a length drawn from the schedule, so a log-uniform schedule's lengths all occur in one step)
+    episodes: str = "longest"
     meta_loss: str = "mean"  # mean | valid | last
     # identity | log: log puts equal weight on every halving of the loss. log is the default: with identity the
     # first steps of every episode dominate the meta-gradient (BENCHMARKS.md, "The main job's fresh optimizer").
@@ -311,6 +315,7 @@ def check(config: TrainConfig) -> None:
         "estimator.meta_loss": (config.estimator.meta_loss, META_LOSSES),
         "estimator.nonfinite": (config.estimator.nonfinite, ("clip", "mask")),
         "estimator.loss_transform": (config.estimator.loss_transform, LOSS_TRANSFORMS),
+        "estimator.episodes": (config.estimator.episodes, FULL_ES_EPISODES),
         "unroll.episode": (config.unroll.episode, ("constant", "log_uniform")),
         "meta_opt.schedule": (config.meta_opt.schedule, ("constant", "cosine", "warmup_cosine", "linear")),
     }
@@ -339,6 +344,9 @@ def check(config: TrainConfig) -> None:
         raise ConfigError(f"estimator.std: must be > 0, got {config.estimator.std}")
     if not config.estimator.progress_weight >= 0:
         raise ConfigError(f"estimator.progress_weight: must be >= 0, got {config.estimator.progress_weight}")
+    if config.estimator.episodes != "longest" and config.estimator.kind != "full_es":
+        raise ConfigError(f"estimator.episodes: {config.estimator.episodes!r} applies to full_es only, "
+                          f"not {config.estimator.kind!r}; remove it or set estimator.kind: full_es")
     if config.unroll.max_episode_length < config.unroll.min_episode_length:
         raise ConfigError("unroll.max_episode_length: must be >= unroll.min_episode_length")
     for key in ("param_scale_range", "loss_scale_range"):

@@ -18,7 +18,8 @@ gradient).
   current episode has seen and weights loss differences by that sum; the sum
   restarts at episode boundaries, also those inside a truncation (unbiased).
 * :class:`FullES` -- antithetic ES over whole episodes from a fresh init;
-  ``sign=True`` keeps only the sign of each loss difference.
+  ``sign=True`` keeps only the sign of each loss difference; with
+  ``episodes="sampled"`` each task's episode has its own length.
 * :class:`Backprop` -- truncated backprop through the unroll (one branch).
 
 Reductions over tasks are explicit means over the leading task axis, so the
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 from lopt.metatrain.unroll import GroupState, MetaTrainError, Trace, Unroller
 
 NONFINITE_MODES = ("clip", "mask")
+FULL_ES_EPISODES = ("longest", "sampled")  # FullES.episodes
 
 
 @flax.struct.dataclass
@@ -190,20 +192,44 @@ class PES(_ESBase):
 class FullES(_ESBase):
     """Antithetic ES over complete episodes (every step starts fresh tasks).
 
-    The unroller's truncation must equal its (constant) episode length and have
-    no stagger; :func:`lopt.metatrain.build.build_estimator` arranges that.
+    ``episodes="longest"``: the unroller's truncation equals its constant
+    episode length, so every task runs one episode of that length.
+    ``episodes="sampled"``: the truncation is the schedule's longest episode
+    and each task draws its own length from the schedule; a task's meta-loss is
+    the mean over its first (whole) episode, and the steps after it ended,
+    which start an episode the truncation cuts, do not count. This costs the
+    steps after each episode's end but lets one meta-step see every length of a
+    log-uniform schedule: with one length, the optimizer's clock features and
+    its fraction-of-run feature move together and ES cannot tell them apart.
+    Neither mode staggers. :func:`lopt.metatrain.build.build_estimator`
+    arranges both.
     """
 
     sign: bool = False
+    episodes: str = "longest"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         u = self.unroller
-        if u.schedule.kind != "constant" or u.schedule.length != u.truncation_length or u.stagger:
-            raise MetaTrainError("full_es needs a constant episode length equal to the truncation, no stagger")
+        if self.episodes not in FULL_ES_EPISODES:
+            raise MetaTrainError(f"full_es episodes {self.episodes!r}; valid: {', '.join(FULL_ES_EPISODES)}")
+        if u.stagger or u.truncation_length != u.schedule.longest:
+            raise MetaTrainError("full_es needs a truncation as long as the longest episode, no stagger")
+        if self.episodes == "longest" and u.schedule.kind != "constant":
+            raise MetaTrainError("full_es with episodes='longest' needs a constant episode length")
 
     def init(self, meta_params: Any, key: jax.Array) -> EstState:
         return EstState(groups=())
+
+    def _episode_losses(self, tr: Trace) -> tuple[jax.Array, jax.Array]:
+        """Per task & branch: the meta-loss of the run, and whether it stayed finite."""
+        l_pre, l_post, finite = _truncation_losses(self.unroller, tr)
+        if self.episodes == "longest":
+            return l_pre + l_post, finite
+        # step weights are 1/K: rescale the first episode's sum to its own mean
+        frac = jnp.maximum(jnp.mean(tr.pre.astype(jnp.float32), axis=0), 1.0 / tr.pre.shape[0])
+        finite_first = jnp.all(tr.finite | ~tr.pre[:, :, None], axis=(0, 2))
+        return l_pre / frac[:, None], finite_first
 
     def step(self, meta_params, est_state: EstState, key, data):
         k_init, k_eps, k_unroll = jax.random.split(key, 3)
@@ -213,8 +239,7 @@ class FullES(_ESBase):
         _, traces = self.unroller.unroll(meta_params, bm, fresh, k_unroll, data)
         grads, masks, totals = [], [], []
         for e, tr in zip(eps, traces):
-            l_pre, l_post, finite = _truncation_losses(self.unroller, tr)
-            total = l_pre + l_post
+            total, finite = self._episode_losses(tr)
             mask = self._mask(finite)
             diff = total[:, 0] - total[:, 1]
             # sign-ES: the direction eps * sign(diff) has expected value ~ std * grad/|grad|

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lopt.metatrain.build import build_meta_optimizer, build_unroller
+from lopt.metatrain.build import build_estimator, build_meta_optimizer, build_unroller
 from lopt.metatrain.config import ConfigError, TrainConfig, load_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
@@ -42,6 +42,19 @@ def test_full_es_runs_whole_episodes_of_the_schedules_longest():
     assert (u.schedule.kind, u.schedule.longest, u.truncation_length, u.stagger) == ("constant", 200, 200, False)
     u = build_unroller(load_config(None, ["estimator.kind=full_es", "unroll.episode_length=300", "tasks=[quadratic]"]))
     assert (u.schedule.longest, u.truncation_length) == (300, 300)
+
+
+def test_full_es_sampled_episodes_keep_the_schedule_and_only_full_es_takes_them():
+    sampled = ["estimator.kind=full_es", "estimator.episodes=sampled", "unroll.episode=log_uniform",
+               "unroll.min_episode_length=50", "unroll.max_episode_length=200", "tasks=[quadratic]"]
+    c = load_config(None, sampled)
+    u = build_unroller(c)
+    assert (u.schedule.kind, u.schedule.min_length, u.truncation_length, u.stagger) == ("log_uniform", 50, 200, False)
+    assert build_estimator(c, u).episodes == "sampled"
+    with pytest.raises(ConfigError, match="estimator.episodes.*full_es only"):
+        load_config(None, ["estimator.kind=es", "estimator.episodes=sampled", "tasks=[quadratic]"])
+    with pytest.raises(ConfigError, match="estimator.episodes: 'every'"):
+        load_config(None, ["estimator.kind=full_es", "estimator.episodes=every", "tasks=[quadratic]"])
 
 
 def test_overrides_parse_values_as_yaml():

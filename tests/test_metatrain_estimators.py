@@ -174,6 +174,42 @@ def test_full_es_is_unbiased_and_sign_es_points_the_same_way():
             assert abs(g - g_true) < tolerance(g_true), (g, g_true)
 
 
+def test_full_es_with_sampled_episodes_estimates_each_tasks_own_whole_episode():
+    """Each task's meta-loss is the mean over its own episode; the cut episode after it does not count."""
+    longest, theta = 24, {"log_lr": jnp.asarray(-2.0, jnp.float32)}  # here the objectives below differ most
+    u = dataclasses.replace(
+        make_unroller(truncation=longest), schedule=EpisodeSchedule("log_uniform", min_length=2, max_length=longest)
+    )
+    est = FullES(u, std=STD, episodes="sampled")
+    key = jax.random.PRNGKey(5)
+    g = float(jax.jit(est.step)(theta, est.init(theta, None), key, DATA)[0]["log_lr"])
+    lengths = np.asarray(u.init_state(theta, jax.random.split(key, 3)[0])[0].slots.length)
+    assert len(set(lengths.tolist())) >= 10 and lengths.max() <= longest  # the lengths really vary
+
+    def own_episode(t, n):
+        return jnp.mean(true_losses(t, n))
+
+    def whole_window(t, n):  # counting the cut second episode too
+        return (jnp.sum(true_losses(t, n)) + jnp.sum(true_losses(t, longest - n))) / longest
+
+    def length_weighted(t, n):  # the first episode's sum over the window, not its mean
+        return jnp.sum(true_losses(t, n)) / longest
+
+    counts = {int(n): int(c) for n, c in zip(*np.unique(lengths, return_counts=True))}
+
+    def mean_grad(f):
+        return sum(c * float(jax.grad(f)(theta["log_lr"], n)) for n, c in counts.items()) / len(lengths)
+
+    g_true = mean_grad(own_episode)
+    assert abs(g - g_true) < tolerance(g_true), (g, g_true)
+    for wrong in (whole_window, length_weighted):  # the test can tell these objectives apart
+        assert abs(mean_grad(wrong) - g_true) > 3 * tolerance(g_true), wrong.__name__
+    with pytest.raises(ValueError, match="episodes"):
+        FullES(u, std=STD, episodes="all")
+    with pytest.raises(ValueError, match="constant"):
+        FullES(u, std=STD)  # 'longest' needs a constant schedule
+
+
 def test_backprop_matches_jax_grad_of_the_unroll():
     est = Backprop(make_unroller(num_tasks=2, branches=1))
     step = jax.jit(est.step)
