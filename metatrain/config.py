@@ -38,7 +38,7 @@ import yaml
 from lopt import architectures, configs
 from lopt.base import OptimizerError, check_hparams
 
-from lopt.metatrain.estimators import FULL_ES_EPISODES
+from lopt.metatrain.estimators import FULL_ES_EPISODES, NONFINITE_MODES
 from lopt.metatrain.unroll import LOSS_TRANSFORMS, META_LOSSES, MetaTrainError
 
 
@@ -313,7 +313,7 @@ def check(config: TrainConfig) -> None:
     choices = {
         "estimator.kind": (config.estimator.kind, ("pes", "es", "full_es", "backprop")),
         "estimator.meta_loss": (config.estimator.meta_loss, META_LOSSES),
-        "estimator.nonfinite": (config.estimator.nonfinite, ("clip", "mask")),
+        "estimator.nonfinite": (config.estimator.nonfinite, NONFINITE_MODES),
         "estimator.loss_transform": (config.estimator.loss_transform, LOSS_TRANSFORMS),
         "estimator.episodes": (config.estimator.episodes, FULL_ES_EPISODES),
         "unroll.episode": (config.unroll.episode, ("constant", "log_uniform")),
