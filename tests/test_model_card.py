@@ -77,3 +77,13 @@ def test_readme_headline_rounds_the_committed_reports():
             assert cells[:3] == [f"{o['best_valid_loss']:.3g}" for o in want], task["label"]
             reported.add((task["label"], suite))
     assert set(rows) == reported, f"README's headline rows not in the reports: {sorted(set(rows) - reported)}"
+
+
+def test_card_client_check_table_is_the_committed_results():
+    """The card's client-check tables are `lopt.eval.client_check`'s rendering of its committed results."""
+    from lopt.eval import client_check
+
+    results = client_check.collect(ROOT / "docs" / "recipe_results" / "client_check")
+    assert set(results) == set(client_check.WORKLOADS), "a client-check workload's result is not committed"
+    card = (ROOT / "docs" / "model_card.md").read_text()
+    assert client_check.render(results) in card, "docs/model_card.md's client-check tables differ from the results"
