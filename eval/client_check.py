@@ -1,4 +1,4 @@
-"""The four client workloads that opened issue 14, rerun with every shipped default.
+"""The four client workloads that opened issue 14, rerun with today's, the previous and the original default.
 
 Why: issue 14 began with client models written outside the project and
 trained through plain optax, on which the then-shipped ``default`` (now
@@ -7,8 +7,8 @@ LayerNorm that over-fitted, a 1-D CNN, and a 10,000-step GELU MLP that
 plateaued. The reporting suites hold tasks of those kinds, but built from the
 project's own task code and at shorter horizons. This module writes the four
 models again the way a user would (``flax.linen`` modules, an ``optax`` loop,
-the loss passed as ``value=``), at the issue's horizons, and measures each
-shipped default beside the baselines the issue named. Nothing here is used to
+the loss passed as ``value=``), at the issue's horizons, and measures the shipped
+``default``, ``default_v7`` and ``default_v1`` beside the baselines the issue named. Nothing here is used to
 choose what ships: it is a check on workloads the recipes never saw.
 
 Per workload and optimizer: final training loss (on a fixed training subset at
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from: {', '.join(WORKLOADS)}")
     p.add_argument("--seeds", type=int, default=3, help="reporting seeds (default 3; seed 0 tunes)")
-    p.add_argument("--quick", action="store_true", help="1/50 of the steps and 3 learning rates: a smoke check")
+    p.add_argument("--quick", action="store_true",
+                   help="1/50 of the steps and every third learning rate of the grid: a smoke check")
     p.add_argument("--out", default="runs/client_check", help="output directory (default runs/client_check)")
     a = p.parse_args(argv)
     names = [n.strip() for n in a.workloads.split(",") if n.strip()]

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", action="store_true", help="run every variant at once (a many-core host)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds each variant may take (default 300)")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
-    p.add_argument("--pick", action="store_true", help="print the chosen variant's XLA flags on stdout (table on stderr)")
+    p.add_argument("--pick", action="store_true",
+                   help="print the chosen variant's XLA flags on stdout (table on stderr)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child is not None:
