@@ -66,9 +66,12 @@ WORKLOADS = {
 }
 
 
-def _optimizer(name: str, lr: jax.Array, steps: int) -> optax.GradientTransformationExtraArgs:
+def _optimizer(name, lr: jax.Array, steps: int) -> optax.GradientTransformationExtraArgs:
+    """A baseline or shipped default by name, or any ``lopt.TrainedOptimizer`` (e.g. with another weight decay)."""
     import lopt
 
+    if isinstance(name, lopt.TrainedOptimizer):
+        return name.as_optax(steps)
     if name in SHIPPED:
         return lopt.pretrained(name).as_optax(steps)
     if name in ("adam_default", "adam_tuned"):
@@ -82,8 +85,11 @@ def _optimizer(name: str, lr: jax.Array, steps: int) -> optax.GradientTransforma
     return optax.with_extra_args_support(tx)
 
 
-def training_run(workload: Workload, optimizer: str, steps: int):
-    """jit((key, lr) -> (final training loss, validation losses at the 20 evaluation steps))."""
+def training_run(workload: Workload, optimizer, steps: int):
+    """jit((key, lr) -> (final training loss, validation losses at the 20 evaluation steps)).
+
+    ``optimizer``: a name (see :func:`check`) or a ``lopt.TrainedOptimizer``; ``lr`` is used by the tuned baselines.
+    """
     model, data = workload.make()
     x, y, vx, vy = (jnp.asarray(data[k]) for k in ("x", "y", "vx", "vy"))
     probe = min(len(x), 2048)  # fixed training subset for the final training loss

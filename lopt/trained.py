@@ -9,13 +9,15 @@ meta-training saves; ``as_optax(num_steps)`` turns it into an optax optimizer.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from lopt import io
-from lopt.base import LearnedOptimizer
+from lopt.base import LearnedOptimizer, OptimizerError
 from lopt.optax_export import as_optax
 
 
@@ -30,6 +32,23 @@ class TrainedOptimizer:
     def as_optax(self, num_steps: int, update_scales: Any | None = None) -> optax.GradientTransformationExtraArgs:
         """An optax optimizer planning ``num_steps`` updates (see :mod:`lopt.optax_export`)."""
         return as_optax(self.arch, self.meta_params, num_steps, update_scales)
+
+    def with_weight_decay(self, weight_decay: float) -> "TrainedOptimizer":
+        """The same optimizer with its learned decoupled weight decay replaced by ``weight_decay``.
+
+        Why: a learned decay is chosen for validation loss, and a strong one holds the training loss up
+        on long runs; a user who wants to fit the training set (or to regularize more) sets it here, as
+        ``optax.adamw``'s ``weight_decay``. The decay stays decoupled and scaled by the step's learning
+        rate. Only architectures that learn a decay (``normed_fc``, the shipped defaults since v2) have
+        one to replace; the change is recorded in ``metadata`` and survives :meth:`save`.
+        """
+        if not isinstance(self.meta_params, dict) or "log_wd" not in self.meta_params:
+            raise OptimizerError(f"architecture {self.arch.arch!r} has no learned weight decay to replace")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) \
+                or not math.isfinite(weight_decay) or weight_decay <= 0:
+            raise OptimizerError(f"weight_decay must be a finite number > 0, got {weight_decay!r}")
+        meta = {**self.meta_params, "log_wd": jnp.asarray(math.log(weight_decay), jnp.float32)}
+        return TrainedOptimizer(self.arch, meta, {**self.metadata, "weight_decay_override": float(weight_decay)})
 
     def save(self, path: str | os.PathLike, provenance: dict | None = None) -> None:
         """Write a safetensors file; ``provenance`` is merged over ``metadata``."""

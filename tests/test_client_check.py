@@ -61,3 +61,14 @@ def test_bad_arguments_get_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit):
         cc.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_training_run_takes_a_trained_optimizer():
+    import jax
+
+    import lopt
+
+    w = cc.WORKLOADS["gelu_mlp_10k"]
+    run = cc.training_run(w, lopt.pretrained("default").with_weight_decay(1e-2), 40)
+    final, curve = run(jax.random.PRNGKey(1), 0.0)
+    assert np.isfinite(float(final)) and curve.shape == (cc.NUM_EVALS,) and np.all(np.isfinite(curve))

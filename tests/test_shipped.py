@@ -72,3 +72,42 @@ def test_mismatched_pytree_is_a_clear_error():
     state = opt.arch.init(opt.meta_params, {"w": jnp.zeros(3)}, num_steps=10)
     with pytest.raises(lopt.OptimizerError, match="grads pytree does not match"):
         opt.arch.update(opt.meta_params, state, {"v": jnp.zeros(3)}, {"w": jnp.zeros(3)})
+
+
+def test_with_weight_decay_replaces_only_the_decay(tmp_path):
+    import pytest
+
+    from lopt.base import OptimizerError
+
+    opt = lopt.pretrained("default")
+    before = np.asarray(opt.meta_params["log_wd"]).copy()
+    learned = float(jnp.exp(opt.meta_params["log_wd"]))
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "g": jnp.full((4,), 0.5)}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    grads = {"w": jnp.cos(params["w"]), "g": jnp.sin(params["g"])}
+
+    def first_update(o, g):
+        tx = o.as_optax(num_steps=100)
+        return tx.update(g, tx.init(params), params, value=1.0)[0]
+
+    # The learned value given back: the same updates (to float rounding of log/exp).
+    same = first_update(opt.with_weight_decay(learned), grads)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(first_update(opt, grads))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12)
+    # With zero gradients the update is the decay alone, -lr_t * wd * p: proportional to wd.
+    u_learned, u_small = first_update(opt, zero), first_update(opt.with_weight_decay(learned / 10), zero)
+    for p, a, b in zip(jax.tree.leaves(params), jax.tree.leaves(u_learned), jax.tree.leaves(u_small)):
+        assert np.all(np.sign(a) == -np.sign(p))
+        np.testing.assert_allclose(b, a / 10, rtol=1e-5)
+    # Recorded, and kept through a save and a load.
+    small = opt.with_weight_decay(1e-2)
+    small.save(tmp_path / "o.safetensors")
+    back = lopt.load(tmp_path / "o.safetensors")
+    assert back.metadata["weight_decay_override"] == 1e-2
+    np.testing.assert_allclose(float(jnp.exp(back.meta_params["log_wd"])), 1e-2, rtol=1e-6)
+    np.testing.assert_array_equal(opt.meta_params["log_wd"], before)  # the original is untouched
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(OptimizerError, match="weight_decay must be a finite number > 0"):
+            opt.with_weight_decay(bad)
+    with pytest.raises(OptimizerError, match="has no learned weight decay"):
+        lopt.pretrained("default_v1").with_weight_decay(1e-2)
