@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from typing import Any
 
@@ -44,11 +45,12 @@ class TrainedOptimizer:
         """
         if not isinstance(self.meta_params, dict) or "log_wd" not in self.meta_params:
             raise OptimizerError(f"architecture {self.arch.arch!r} has no learned weight decay to replace")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) \
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) \
                 or not math.isfinite(weight_decay) or weight_decay <= 0:
             raise OptimizerError(f"weight_decay must be a finite number > 0, got {weight_decay!r}")
+        weight_decay = float(weight_decay)  # numpy scalars too
         meta = {**self.meta_params, "log_wd": jnp.asarray(math.log(weight_decay), jnp.float32)}
-        return TrainedOptimizer(self.arch, meta, {**self.metadata, "weight_decay_override": float(weight_decay)})
+        return TrainedOptimizer(self.arch, meta, {**self.metadata, "weight_decay_override": weight_decay})
 
     def save(self, path: str | os.PathLike, provenance: dict | None = None) -> None:
         """Write a safetensors file; ``provenance`` is merged over ``metadata``."""

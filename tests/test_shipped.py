@@ -100,10 +100,10 @@ def test_with_weight_decay_replaces_only_the_decay(tmp_path):
         assert np.all(np.sign(a) == -np.sign(p))
         np.testing.assert_allclose(b, a / 10, rtol=1e-5)
     # Recorded, and kept through a save and a load.
-    small = opt.with_weight_decay(1e-2)
+    small = opt.with_weight_decay(np.float32(1e-2))  # numpy scalars are numbers too
     small.save(tmp_path / "o.safetensors")
     back = lopt.load(tmp_path / "o.safetensors")
-    assert back.metadata["weight_decay_override"] == 1e-2
+    np.testing.assert_allclose(back.metadata["weight_decay_override"], 1e-2, rtol=1e-7)
     np.testing.assert_allclose(float(jnp.exp(back.meta_params["log_wd"])), 1e-2, rtol=1e-6)
     np.testing.assert_array_equal(opt.meta_params["log_wd"], before)  # the original is untouched
     for bad in (0.0, -1e-3, float("nan"), float("inf"), True, "0.1"):
