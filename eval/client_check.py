@@ -137,13 +137,13 @@ def check(workloads: list[str], seeds: int = 3, quick: bool = False, out: Path |
                                "lr_grid": list(grid), "optimizers": {}}
         t0 = time.perf_counter()
         lrs = dict.fromkeys((*SHIPPED, "adam_default", "adam_tuned", "adamw_cosine", "prodigy"), 1e-3)
+        fns = {opt: training_run(w, opt, steps) for opt in lrs}  # one compile each: tuning and reporting share it
         for tuned in ("adam_tuned", "adamw_cosine"):
-            fn = training_run(w, tuned, steps)
+            fn = fns[tuned]
             scores = [float(jnp.min(jnp.nan_to_num(fn(jax.random.PRNGKey(0), lr)[1], nan=jnp.inf))) for lr in grid]
             lrs[tuned] = grid[int(np.argmin(scores))]
         for opt, lr in lrs.items():
-            fn = training_run(w, opt, steps)
-            runs = [fn(jax.random.PRNGKey(s), lr) for s in res["seeds"]]
+            runs = [fns[opt](jax.random.PRNGKey(s), lr) for s in res["seeds"]]
             train = [float(r[0]) for r in runs]
             valid = [float(jnp.min(r[1])) for r in runs]
             res["optimizers"][opt] = {"lr": lr if opt in ("adam_tuned", "adamw_cosine") else None,
