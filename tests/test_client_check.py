@@ -47,12 +47,12 @@ def test_results_of_several_processes_are_merged_in_workload_order(tmp_path):
         return {"steps": 10, "seeds": [1], "optimizers": {"default": r, "adam_tuned": {**r, "lr": 1e-3},
                                                           "adamw_cosine": {**r, "lr": 1e-2}}}
 
-    (tmp_path / "client_check_gelu_mlp_10k.json").write_text(json.dumps(fake(0.5)))
-    (tmp_path / "client_check_char_transformer.json").write_text(json.dumps(fake(2.0)))
+    (tmp_path / "client_check_cnn1d.json").write_text(json.dumps(fake(0.5)))
+    (tmp_path / "client_check_resmlp_layernorm.json").write_text(json.dumps(fake(2.0)))
     merged = cc.collect(tmp_path)
-    assert list(merged) == ["char_transformer", "gelu_mlp_10k"]  # WORKLOADS order, not file order
+    assert list(merged) == ["resmlp_layernorm", "cnn1d"]  # WORKLOADS order, not file or alphabetical order
     table = cc.render(merged)
-    assert table.index("| char_transformer | 10 | 1 | 2 |") < table.index("| gelu_mlp_10k | 10 | 1 | 0.5 |")
+    assert table.index("| resmlp_layernorm | 10 | 1 | 2 |") < table.index("| cnn1d | 10 | 1 | 0.5 |")
 
 
 @pytest.mark.parametrize("argv, message", [(["--workloads", "nope"], "unknown workload"),
