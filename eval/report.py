@@ -94,7 +94,7 @@ def summary_table(report: dict) -> str:
         parts += ["\nValidation accuracy at the best-validation step:\n", _table(["task"] + names, [
             [t["label"]] + [_fmt(t["optimizers"][n].get("best_valid_accuracy"), 3) for n in names]
             for t in tasks if any(o.get("best_valid_accuracy") is not None for o in t["optimizers"].values())])]
-    for n in report["learned"]:
+    for n in report["learned"] if report["baselines"] else ():  # --baselines none: nothing to compare with
         base = report["baselines"]
         head = ["task"] + [f"valid x {b}" for b in base] + [f"train x {b}" for b in base]
         rows = [[t["label"]]
@@ -123,7 +123,7 @@ def outcome_lines(report: dict) -> list[str]:
         counted = summary["counted_tasks"][metric]
         lines.append(f"- **{what}**: {len(counted)} of {len(report['tasks'])} tasks count "
                      f"({', '.join(counted) or 'none'})")
-        for n in report["learned"]:
+        for n in report["learned"] if report["baselines"] else ():
             s = summary[n][metric]
             per = "; ".join(
                 f"{b}: {c['win']}/{c['tie']}/{c['loss']}, speedup {_fmt(s['speedup_geomean'][b], 3)}"
@@ -133,7 +133,7 @@ def outcome_lines(report: dict) -> list[str]:
     for n in report["learned"]:
         lines.append(f"- `{n}` divergences: {summary[n]['divergences']}")
     base_div = summary["baseline_divergences"]
-    lines.append("- baseline divergences: " + ", ".join(f"{b}: {d}" for b, d in base_div.items()))
+    lines.append("- baseline divergences: " + (", ".join(f"{b}: {d}" for b, d in base_div.items()) or "no baselines run"))
     lines.append("- wall time per optimizer (all tasks, compiles included): "
                  + ", ".join(f"{k} {v:.0f} s" for k, v in summary["wall_time_s"].items()))
     return lines

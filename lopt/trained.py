@@ -41,7 +41,10 @@ class TrainedOptimizer:
         on long runs; a user who wants to fit the training set (or to regularize more) sets it here, as
         ``optax.adamw``'s ``weight_decay``. The decay stays decoupled and scaled by the step's learning
         rate. Only architectures that learn a decay (``normed_fc``, the shipped defaults since v2) have
-        one to replace; the change is recorded in ``metadata`` and survives :meth:`save`.
+        one to replace; the change is recorded in ``metadata`` and survives :meth:`save`. Where the
+        architecture scales its decay with the planned horizon (``normed_fc``'s ``decay_horizon``, the
+        shipped default since v11), ``weight_decay`` is the rate of runs up to that horizon and longer
+        runs are scaled from it as before.
         """
         if not isinstance(self.meta_params, dict) or "log_wd" not in self.meta_params:
             raise OptimizerError(f"architecture {self.arch.arch!r} has no learned weight decay to replace")

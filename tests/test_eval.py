@@ -153,3 +153,18 @@ def test_baselines_flag_is_checked_before_any_run(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "schedule_free_adamw" in capsys.readouterr().out
+
+
+def test_report_without_baselines_has_no_empty_comparison_tables():
+    """``--baselines none`` (how candidates are compared with each other): losses only, no empty speedup table."""
+    from lopt.eval.evaluate import evaluate_suite
+    from lopt.eval.report import outcome_lines, summary_table
+    from lopt.eval.suite import parse_suite
+
+    suite = parse_suite({"seeds": 1, "eval_every": 5,
+                         "tasks": [{"task": "quadratic", "steps": 10, "label": "quad4", "overrides": {"dim": 4}}]})
+    report = evaluate_suite({LEARNED: fresh_optimizer()}, suite, progress=False, baselines=())
+    table, lines = summary_table(report), outcome_lines(report)
+    assert report["baselines"] == [] and "| quad4 | 10 |" in table
+    assert "Speedup and outcome" not in table and not any("win/tie/loss" in line for line in lines)
+    assert "- baseline divergences: no baselines run" in lines

@@ -252,3 +252,47 @@ def test_brake_can_spare_the_weight_decay():
         jax.tree.map(lambda u, du, f, df: np.testing.assert_allclose(
             np.asarray(u), 0.25 * np.asarray(f - df) + np.asarray(du), rtol=1e-5, atol=1e-12),
             u_braked, decay_braked, u_free, decay_free)
+
+
+def _decay_horizon_run(opt, num_steps, grads_of, steps=4):
+    """``steps`` jitted updates of ``opt`` planned for ``num_steps``; the list of update pytrees."""
+    params = tiny_params()
+    tx = opt.as_optax(num_steps=num_steps)
+    state, out = tx.init(params), []
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0)))
+    for t in range(steps):
+        u, state = step(grads_of(t), state, params)
+        params = optax.apply_updates(params, u)
+        out.append(u)
+    return out
+
+
+def test_decay_horizon_keeps_short_runs_and_scales_the_decay_of_long_ones():
+    """``decay_horizon=H``: runs of at most H steps are the same bit for bit; longer ones decay at H / num_steps."""
+    import dataclasses
+
+    base = lopt.pretrained("default_v10")
+    scaled = lopt.TrainedOptimizer(dataclasses.replace(base.arch, decay_horizon=3000), base.meta_params)
+    for n in (300, 3000):  # at and below the horizon: identical updates, every step
+        for a, b in zip(_decay_horizon_run(base, n, grads_at), _decay_horizon_run(scaled, n, grads_at)):
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                np.testing.assert_array_equal(x, y)
+    # Beyond it, with zero gradients the update is the decay alone (-lr_t * wd * p): 3000 / 12000 of it.
+    zero = lambda t: jax.tree.map(jnp.zeros_like, tiny_params())
+    full, quarter = _decay_horizon_run(base, 12000, zero, 1)[0], _decay_horizon_run(scaled, 12000, zero, 1)[0]
+    for p, a, b in zip(jax.tree.leaves(tiny_params()), jax.tree.leaves(full), jax.tree.leaves(quarter)):
+        assert np.all(np.sign(a)[p != 0] == -np.sign(p)[p != 0]) and np.all(np.abs(a)[p != 0] > 1e-9)
+        np.testing.assert_allclose(b, a * 0.25, rtol=1e-6, atol=1e-15)  # atol: rounding of the centered network
+    sqrt = lopt.TrainedOptimizer(dataclasses.replace(scaled.arch, decay_horizon_exponent=0.5), base.meta_params)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(_decay_horizon_run(sqrt, 12000, zero, 1)[0])):
+        np.testing.assert_allclose(b, a * 0.5, rtol=1e-6, atol=1e-15)
+    # With gradients, a long run's updates differ from the unscaled ones (the decay is active in them).
+    gap = max(float(jnp.max(jnp.abs(x - y))) for a, b in zip(_decay_horizon_run(base, 12000, grads_at),
+                                                            _decay_horizon_run(scaled, 12000, grads_at))
+              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert gap > 0
+    for bad in (-1, 2.5, True, "3000"):
+        with pytest.raises(OptimizerError, match="decay_horizon"):
+            architectures.get("normed_fc", decay_horizon=bad)
+    with pytest.raises(OptimizerError, match="decay_horizon_exponent"):
+        architectures.get("normed_fc", decay_horizon=10, decay_horizon_exponent=1.5)

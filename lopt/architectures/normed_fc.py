@@ -37,7 +37,14 @@ here the step size is not something the per-parameter network can set freely:
   braking an overshooting step does not also weaken the regularizer.
 * **Decoupled weight decay** ``lr_t * exp(log_wd) * p`` with a learned rate,
   as in AdamW; ``decay_min_ndim=2`` spares biases and normalization gains, as
-  transformer training usually does.
+  transformer training usually does. With ``decay_horizon = H > 0`` a run
+  planned for ``num_steps > H`` steps decays at ``(H / num_steps)**e`` of that rate:
+  a decay learned on runs of at most ``H`` steps sets a forgetting timescale
+  (``1 / (lr * wd)`` steps, arXiv 2405.13698) that is a fraction of those runs;
+  held per step, it becomes an ever smaller fraction of a longer run and holds
+  the training loss up (a plateau). At ``e = 1`` the decay's total over the run
+  stays what it was on an ``H``-step run; ``e = 0.5`` goes half way in log space.
+  Runs of at most ``H`` steps are unchanged.
 
 So a *fresh* ``normed_fc`` (output layer and step weights at zero) is AdamW
 with warm-up + cosine at ``learning_rate`` (1e-3 by default), update for
@@ -112,6 +119,10 @@ class NormedFC(LearnedOptimizer):
     # Whether the brake also slows the decoupled weight decay (True) or the decay keeps the unbraked rate (False):
     # braking the regularizer along with the step cost the tasks that weight decay wins (model card).
     brake_decay: bool = True
+    # Runs planned longer than this many steps scale the weight decay by (decay_horizon / num_steps)**exponent
+    # (0: never; exponent 1 keeps the decay's total over the run, 0 keeps its per-step rate).
+    decay_horizon: int = 0
+    decay_horizon_exponent: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.momentum_decays:
@@ -130,6 +141,10 @@ class NormedFC(LearnedOptimizer):
             raise OptimizerError(f"normed_fc: distance_exponent must be in [0, 1], got {self.distance_exponent}")
         if not self.brake_rate >= 0.0 or not 0.0 < self.brake_floor <= 1.0:
             raise OptimizerError("normed_fc: brake_rate must be >= 0 and brake_floor in (0, 1]")
+        if isinstance(self.decay_horizon, bool) or not isinstance(self.decay_horizon, int) or self.decay_horizon < 0:
+            raise OptimizerError(f"normed_fc: decay_horizon must be an integer >= 0, got {self.decay_horizon!r}")
+        if not 0.0 <= self.decay_horizon_exponent <= 1.0:
+            raise OptimizerError(f"normed_fc: decay_horizon_exponent must be in [0, 1], got {self.decay_horizon_exponent}")
 
     @property
     def adapts_distance(self) -> bool:
@@ -216,6 +231,17 @@ class NormedFC(LearnedOptimizer):
             return lr / self.learning_rate * d
         return lr * (d / self.learning_rate) ** self.distance_exponent
 
+    def run_weight_decay(self, log_wd: jax.Array, num_steps: jax.Array) -> jax.Array:
+        """The decoupled decay rate of a run planned for ``num_steps``: ``exp(log_wd)``, times
+        ``(decay_horizon / num_steps)**decay_horizon_exponent`` when the run is longer than
+        ``decay_horizon`` (exactly 1 otherwise)."""
+        wd = jnp.exp(log_wd)
+        if not self.decay_horizon:
+            return wd
+        n = jnp.maximum(num_steps.astype(jnp.float32), 1.0)
+        factor = jnp.minimum(1.0, self.decay_horizon / n)
+        return wd * (factor if self.decay_horizon_exponent == 1.0 else factor ** self.decay_horizon_exponent)
+
     def _distance_weight(self, d: jax.Array, lr: jax.Array) -> jax.Array:
         """The D estimate's weight for a step taken at learning rate ``lr`` (this step's :meth:`step_lr`)."""
         return distance.step_weight(d, lr, self.initial_distance)
@@ -273,7 +299,7 @@ class NormedFC(LearnedOptimizer):
         loss_feat = jnp.tanh(jnp.where(loss_mean == 0.0, 0.0, rel))
         step_feats = jnp.concatenate([ft.time_features(state.step, state.num_steps, self.timescales), loss_feat[None]])
         lr_t = self.step_lr(state)
-        wd = jnp.exp(mp["log_wd"])
+        wd = self.run_weight_decay(mp["log_wd"], state.num_steps)
         lr_decay = lr_t if not self.brakes or self.brake_decay else lr_t * jnp.exp(-state.inner["brake"])
         adapts = self.adapts_distance
         if adapts:
