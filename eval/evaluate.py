@@ -9,11 +9,14 @@ Per task, with reporting seeds ``1..N`` and tuning seeds ``0, -1, ...``
    task's per-layer update factors, as in its meta-training (:mod:`lopt.mup`);
 2. the built-in baselines picked by ``--baselines`` (:mod:`lopt.eval.baselines`):
    Adam(1e-3) and tuned Adam (one program for the grid and the reporting runs
-   where padding is cheap; tuned Adam also runs ``speedup_horizon`` times
-   longer for speedups), AdamW with warm-up and cosine decay at a tuned peak
+   where padding is cheap), AdamW with warm-up and cosine decay at a tuned peak
    rate (one program per horizon), and the tuning-free prodigy,
    schedule_free_adamw (validated at its averaged parameters) and dadapt_adamw;
-   tuning picks the rate by best validation loss (:mod:`lopt.eval.tuning`);
+   tuning picks the rate by best validation loss (:mod:`lopt.eval.tuning`).
+   For speedups, the baselines whose trajectory does not depend on the
+   horizon (tuned Adam, the tuning-free ones) run ``speedup_horizon`` times
+   longer, and AdamW-cosine runs again planned for shorter and longer
+   horizons (the steps it needs are the fewest over its horizons);
 3. extra optax baselines from the suite YAML, fixed hyperparameters.
 
 Every run of a task uses the same keys, hence the same initial parameters and
@@ -35,7 +38,7 @@ from lopt.eval import metrics, report as report_mod
 from lopt.eval.baselines import ADAM_DEFAULT, ADAM_TUNED, ADAMW_COSINE, BUILTIN, TUNING_FREE, tuning_free
 from lopt.eval.errors import EvalError
 from lopt.eval.runs import Curves, run_optimizer
-from lopt.eval.tuned_runs import TaskRuns, run_adam, run_adamw_cosine
+from lopt.eval.tuned_runs import TaskRuns, extend_adamw_cosine, run_adam, run_adamw_cosine, speedup_steps
 from lopt.eval.suite import BaselineSpec, Suite, TaskSpec
 from lopt.eval.tuning import TUNING_SEED, tuning_seeds
 from lopt.tasks.base import Task
@@ -53,13 +56,17 @@ DEFINITIONS = {
     "(0, -1, ...); reported on the other seeds (1..N)",
     "tuning-free baselines": "prodigy, schedule_free_adamw, dadapt_adamw from optax.contrib at their defaults",
     "speedup (valid)": "S/T* where T* is the first step at which the learned optimizer reaches its best valid loss "
-    "and S the first step at which the baseline's seed-mean valid curve reaches it; censored (shown '>x') at the "
-    "baseline's last step / T* when it never does (a lower bound >= 1). It measures how fast, not how good: a "
-    "learned optimizer whose best is worse can still reach it sooner (speedup > 1 with a loss), so read it with "
-    "win/tie/loss",
+    "and S the first step at which the baseline's seed-mean valid curve reaches it. So that S is measured where "
+    "the baseline needs more than T steps: tuned Adam and the tuning-free baselines (whose trajectory does not "
+    "depend on the horizon) run speedup_horizon*T steps; AdamW-cosine runs again at its tuned rate planned for "
+    "1.25T, 1.5T, ... up to speedup_horizon*T (shortest first, until it gets there) and for 0.75T, 0.5T, 0.25T (while they still "
+    "get there: a run that anneals sooner can get there sooner), and S is the fewest steps any of its runs needs "
+    "(resolution T/4). Censored (shown '>x') at the longest run's last step / T* when no run gets there "
+    "(a lower bound). It measures how fast, not how good: a learned optimizer whose best is worse can still reach "
+    "it sooner (speedup > 1 with a loss), so read it with win/tie/loss",
     "speedup (train)": "S/T where T is the learned optimizer's steps and S the first step at which the baseline's "
-    "seed-mean train curve reaches the learned optimizer's final train loss; censored like the valid one; tuned "
-    "Adam runs speedup_horizon*T steps",
+    "seed-mean train curve reaches the learned optimizer's final train loss; longer runs and censoring as for the "
+    "valid one",
     "win/tie/loss": "a (learned) vs b (baseline), final train losses or best valid losses: tie if |a-b| <= "
     "tie_rtol*max(|a|,|b|) + tie_atol*loss_scale (one tie band), else win if a<b, loss if a>b; a diverged side "
     "is +inf",
@@ -196,11 +203,13 @@ def compare_task(learned: Sequence[str], baselines: Sequence[str], runs: TaskRun
         speedups[n], outcomes[n] = {}, {}
         a = opts[n]
         for b in baselines:
-            c = runs.long.get(b, runs.curves[b])
+            cs = [runs.long.get(b, runs.curves[b]), *runs.other_horizons.get(b, [])]
             speedups[n][b] = {
-                "train": metrics.speedup(a["final_train_loss"], c.steps, metrics.seed_mean_curve(c.train_loss), num_steps),
-                "valid": metrics.speedup(a["best_valid_loss"], c.steps, metrics.seed_mean_curve(c.valid_loss),
-                                         a["best_valid_step"]),
+                "train": metrics.speedup_over_runs(
+                    a["final_train_loss"], [(c.steps, metrics.seed_mean_curve(c.train_loss)) for c in cs], num_steps),
+                "valid": metrics.speedup_over_runs(
+                    a["best_valid_loss"], [(c.steps, metrics.seed_mean_curve(c.valid_loss)) for c in cs],
+                    a["best_valid_step"]),
             }
             outcomes[n][b] = {
                 "train": metrics.compare(a["final_train_loss"], opts[b]["final_train_loss"], rtol, atol),
@@ -238,11 +247,16 @@ def evaluate_task(
             tick(f"{spec.display}: {name}")
     if ADAMW_COSINE in baselines:
         run_adamw_cosine(runs, task, data, suite, report_seeds, num_steps, every)
+        targets = [(s["final_train_loss"], s["best_valid_loss"])
+                   for s in (summarize_runs(runs.curves[n], suite.divergence_factor) for n in learned)]
+        extend_adamw_cosine(runs, task, data, suite, report_seeds, num_steps, every, targets)
         tick(f"{spec.display}: {ADAMW_COSINE}")
-    for name in (n for n in TUNING_FREE if n in baselines):
+    for name in (n for n in TUNING_FREE if n in baselines):  # horizon-free at their defaults: run longer
         t0 = time.perf_counter()
         tx, at = tuning_free(name)
-        runs.curves[name] = run_optimizer(task, data, tx, report_seeds, num_steps, every, eval_params=at)
+        long_steps = speedup_steps(suite, num_steps, every)
+        runs.long[name] = run_optimizer(task, data, tx, report_seeds, long_steps, every, eval_params=at)
+        runs.curves[name] = runs.long[name].upto(num_steps)
         runs.wall_time_s[name] = time.perf_counter() - t0
         tick(f"{spec.display}: {name}")
     for b in suite.baselines:
@@ -273,6 +287,8 @@ def evaluate_task(
         "optimizers": opts,
         "counted": saturation(suite, opts, ran, floor, atol),
         "speedup": speedups,
+        "speedup_horizons": {b: [int(c.steps[-1]) for c in [runs.long.get(b, runs.curves[b]),
+                                                             *runs.other_horizons.get(b, [])]] for b in ran},
         "outcomes": outcomes,
         "wall_time_s": runs.wall_time_s,
     }

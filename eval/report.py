@@ -102,7 +102,9 @@ def summary_table(report: dict) -> str:
                 + [_fmt_speedup(t["speedup"][n][b]["train"]) + " " + t["outcomes"][n][b]["train"] for b in base]
                 for t in tasks]
         parts += [f"\nSpeedup and outcome of `{n}` over each baseline (validation: steps to reach its best valid "
-                  "loss; training: steps to reach its final train loss):\n", _table(head, rows)]
+                  "loss; training: steps to reach its final train loss; baselines ran up to speedup_horizon x "
+                  "longer, AdamW-cosine planned for 0.25-2x the horizon; '>x': no run got there):\n",
+                  _table(head, rows)]
     return "\n".join(parts) + "\n"
 
 

@@ -102,6 +102,82 @@ def test_reported_adamw_cosine_curve_is_a_run_at_the_tuned_rate(smoke):
                                rtol=1e-5)
 
 
+def test_speedups_use_longer_baseline_runs(smoke):
+    """Horizon-free baselines ran speedup_horizon x T; AdamW-cosine ran shorter horizons while they got there and
+    longer ones until it got there, and its speedups count the fewest steps of any of its runs."""
+    from lopt.eval.baselines import TUNING_FREE
+    from lopt.eval.tuned_runs import horizon_ladder, shorter_horizons
+
+    report, _ = smoke
+    for task in report["tasks"]:
+        t, every = task["steps"], task["eval_every"]
+        for name in (*TUNING_FREE, "adam_tuned"):
+            assert task["speedup_horizons"][name] == [2 * t], name
+        horizons = task["speedup_horizons"]["adamw_cosine"]
+        shorter = [h for h in horizons[1:] if h < t]
+        longer = [h for h in horizons[1:] if h > t]
+        assert horizons[0] == t and horizons[1:] == shorter + longer
+        assert shorter == shorter_horizons(t, every)[: len(shorter)]
+        assert longer == horizon_ladder(t, every, 2.0)[: len(longer)]
+        sp = task["speedup"][LEARNED]["adamw_cosine"]
+        for metric in ("train", "valid"):
+            if sp[metric]["censored"]:  # censored only after the whole longer ladder ran
+                assert longer == horizon_ladder(t, every, 2.0)
+                assert sp[metric]["speedup"] * sp[metric]["steps"] == longer[-1]
+            elif sp[metric]["speedup"] is not None:
+                assert sp[metric]["baseline_steps"] <= horizons[sp[metric].get("run", 0)]
+
+
+def test_reported_tuning_free_curve_is_the_planned_part_of_its_longer_run(smoke):
+    """Running prodigy for T steps alone gives the reported curve: running it longer changed nothing up to T."""
+    from lopt.eval.baselines import tuning_free
+    from lopt.eval.evaluate import build_task
+    from lopt.eval.runs import run_optimizer
+    from lopt.eval.suite import parse_suite
+
+    report, _ = smoke
+    task = report["tasks"][1]
+    t = build_task(parse_suite(TINY).tasks[1])
+    tx, _ = tuning_free("prodigy")
+    again = run_optimizer(t, t.load_data(), tx, [1], task["steps"], task["eval_every"])
+    entry = task["optimizers"]["prodigy"]["curve"]
+    np.testing.assert_allclose(again.valid_loss[0], entry["valid_loss"][0], rtol=1e-5)
+    np.testing.assert_allclose(again.train_loss[0], entry["train_loss"][0], rtol=1e-5)
+
+
+def test_adamw_cosine_runs_other_horizons_until_it_reaches_the_targets():
+    from lopt.eval import metrics
+    from lopt.eval.evaluate import build_task
+    from lopt.eval.suite import parse_suite
+    from lopt.eval.tuned_runs import TaskRuns, extend_adamw_cosine, horizon_ladder, run_adamw_cosine
+
+    suite = parse_suite({**TINY, "seeds": 1})
+    t = build_task(suite.tasks[0])
+    data = t.load_data()
+    runs = TaskRuns()
+    run_adamw_cosine(runs, t, data, suite, [1], 40, 10)
+    planned = runs.curves["adamw_cosine"]
+    # a target the planned run only reaches at its very end (its final training loss): shorter runs are tried,
+    # longest first, and the first that falls short ends the search; no longer run is needed
+    final = (float(planned.train_loss[0, -1]), float("inf"))
+    extend_adamw_cosine(runs, t, data, suite, [1], 40, 10, [final])
+    shorter = runs.other_horizons["adamw_cosine"]
+    assert 1 <= len(shorter) <= 3 and [int(c.steps[-1]) for c in shorter] == [30, 20, 10][: len(shorter)]
+    reach = [metrics.steps_to_reach(c.steps, c.train_loss[0], final[0]) is not None for c in shorter]
+    assert all(reach[:-1]) and (len(shorter) == 3 or not reach[-1])  # stopped at the first that fell short
+    extend_adamw_cosine(runs, t, data, suite, [1], 40, 10, [(float("inf"), float("inf"))])  # diverged: nothing
+    assert runs.other_horizons["adamw_cosine"] == []
+    # no run reaches an impossible target: every longer horizon runs, no shorter one (a diverged learned
+    # optimizer's inf target is looked for by none)
+    extend_adamw_cosine(runs, t, data, suite, [1], 40, 10, [(float("inf"), -1.0)])
+    longer = runs.other_horizons["adamw_cosine"]
+    assert [int(c.steps[-1]) for c in longer] == horizon_ladder(40, 10, 2.0) == [50, 60, 70, 80]
+    # each is a fresh run at the tuned rate planned for its own horizon: the longer the run, the later it anneals
+    assert all(c.valid_loss.shape == (1, len(c.steps)) for c in longer)
+    assert not np.allclose(longer[0].valid_loss[0, :5], planned.valid_loss[0])
+    np.testing.assert_allclose(longer[0].valid_loss[0, 0], planned.valid_loss[0, 0], rtol=1e-6)  # same init
+
+
 def test_plots_written(smoke):
     _, out = smoke
     for name in ("summary.png", "curves_quadratic.png", "curves_mlp_digits.png"):

@@ -141,6 +141,41 @@ def test_speedup_on_constructed_curves():
     assert metrics.speedup(1.0, steps, [5.0, np.nan, 0.9, 0.1, 0.1], 10)["baseline_steps"] == 20  # nan never reaches
 
 
+def test_speedup_over_runs_takes_the_fewest_steps_of_any_horizon():
+    """AdamW-cosine planned for T, 1.25T, ...: S is the first step any run reaches the target; censored at the
+    longest run's end when none does."""
+    planned = ([0, 10, 20], [5.0, 3.0, 2.0])  # T = 20: never below 2.0
+    longer = ([0, 10, 20, 30], [5.0, 3.5, 2.5, 1.0])  # planned for 30: reaches 1.0 at step 30
+    longest = ([0, 10, 20, 30, 40], [5.0, 3.8, 1.5, 0.9, 0.5])  # planned for 40: reaches 1.0 at step 30 too
+    got = metrics.speedup_over_runs(1.0, [planned, longer, longest], 10)
+    assert got == {"speedup": 3.0, "censored": False, "baseline_steps": 30, "steps": 10, "run": 1}
+    assert metrics.speedup_over_runs(1.5, [planned, longer, longest], 10)["baseline_steps"] == 20  # run 2 at 20
+    assert metrics.speedup_over_runs(1.5, [planned, longer, longest], 10)["run"] == 2
+    never = metrics.speedup_over_runs(0.1, [planned, longer, longest], 10)
+    assert never == {"speedup": 4.0, "censored": True, "baseline_steps": None, "steps": 10}
+    # one run: exactly :func:`speedup`
+    assert metrics.speedup_over_runs(2.0, [planned], 20) == metrics.speedup(2.0, *planned, 20)
+    assert metrics.speedup_over_runs(INF, [planned, longer], 20)["speedup"] is None
+
+
+def test_horizon_ladder_rungs():
+    from lopt.eval.tuned_runs import horizon_ladder
+
+    assert horizon_ladder(100, 10, 2.0) == [130, 150, 180, 200]  # 1.25, 1.5, 1.75, 2 x T, whole eval intervals
+    assert horizon_ladder(100, 10, 1.5) == [130, 150]
+    assert horizon_ladder(100, 10, 1.0) == []  # no longer runs: speedups censored at T
+    assert horizon_ladder(8, 4, 2.0) == [12, 16]  # rounding merges rungs, never repeats one
+
+
+def test_shorter_horizons_rungs():
+    from lopt.eval.tuned_runs import shorter_horizons
+
+    assert shorter_horizons(100, 10) == [80, 50, 30]  # 0.75, 0.5, 0.25 x T, longest first, whole eval intervals
+    assert shorter_horizons(40, 10) == [30, 20, 10]
+    assert shorter_horizons(8, 4) == [4]  # at least one eval interval, never T itself, never repeated
+    assert shorter_horizons(4, 4) == []
+
+
 def test_seed_mean_curve_and_best_along():
     curves = np.array([[4.0, 2.0, 1.0, np.nan], [2.0, 1.0, 1.0, 3.0]])
     mean = metrics.seed_mean_curve(curves)
