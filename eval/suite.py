@@ -15,7 +15,7 @@ Schema (every top-level key but ``tasks`` is optional)::
     eval_every: 10            # steps between two points of a loss curve
     default_lr: 1.0e-3        # the "Adam(1e-3)" baseline
     lr_grid: {min: 1.0e-4, max: 1.0e-1, num: 10}   # log grid for tuned Adam
-    speedup_horizon: 2.0      # tuned Adam runs this many x the steps (speedup range)
+    speedup_horizon: 2.0      # speedup range: horizon-free baselines run this x the steps, AdamW-cosine plans up to it
     tie_rtol: 0.02            # relative tolerance of a tie (see lopt.eval.metrics)
     tie_atol: 1.0e-4          # absolute tolerance, in units of the task's loss_scale
     divergence_factor: 10.0   # a run whose loss exceeds this x its initial loss diverged
