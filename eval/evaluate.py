@@ -240,6 +240,7 @@ def evaluate_task(
         runs.curves[name] = run_optimizer(task, data, tx, report_seeds, num_steps, every)
         runs.wall_time_s[name] = time.perf_counter() - t0
         tick(f"{spec.display}: {name}")
+    opts = {name: summarize_runs(runs.curves[name], suite.divergence_factor) for name in learned}
     if ADAM_DEFAULT in baselines or ADAM_TUNED in baselines:
         run_adam(runs, task, data, suite, report_seeds, num_steps, every, ADAM_DEFAULT in baselines,
                  ADAM_TUNED in baselines)
@@ -247,8 +248,7 @@ def evaluate_task(
             tick(f"{spec.display}: {name}")
     if ADAMW_COSINE in baselines:
         run_adamw_cosine(runs, task, data, suite, report_seeds, num_steps, every)
-        targets = [(s["final_train_loss"], s["best_valid_loss"])
-                   for s in (summarize_runs(runs.curves[n], suite.divergence_factor) for n in learned)]
+        targets = [(opts[n]["final_train_loss"], opts[n]["best_valid_loss"]) for n in learned]
         extend_adamw_cosine(runs, task, data, suite, report_seeds, num_steps, every, targets)
         tick(f"{spec.display}: {ADAMW_COSINE}")
     for name in (n for n in TUNING_FREE if n in baselines):  # horizon-free at their defaults: run longer
@@ -265,7 +265,8 @@ def evaluate_task(
         runs.wall_time_s[b.name] = time.perf_counter() - t0
         tick(f"{spec.display}: {b.name}")
 
-    opts = {name: summarize_runs(c, suite.divergence_factor) for name, c in runs.curves.items()}
+    opts.update({name: summarize_runs(c, suite.divergence_factor) for name, c in runs.curves.items()
+                 if name not in opts})
     for name, lr in runs.lrs.items():
         opts[name]["lr"] = lr
     ran = [b for b in baselines if b in runs.curves] + [b.name for b in suite.baselines]

@@ -51,10 +51,15 @@ class TaskRuns:
     wall_time_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def _whole_intervals(factor: float, num_steps: int, every: int) -> int:
+    """``factor * num_steps`` rounded up to whole evaluation intervals."""
+    return int(math.ceil(factor * num_steps / every)) * every
+
+
 def speedup_steps(suite: Suite, num_steps: int, every: int) -> int:
     """How long a baseline whose trajectory does not depend on the horizon runs: ``speedup_horizon`` x the
     planned steps, rounded up to whole evaluation intervals."""
-    return int(math.ceil(suite.speedup_horizon * num_steps / every)) * every
+    return _whole_intervals(suite.speedup_horizon, num_steps, every)
 
 
 def horizon_ladder(num_steps: int, every: int, speedup_horizon: float) -> list[int]:
@@ -67,7 +72,7 @@ def horizon_ladder(num_steps: int, every: int, speedup_horizon: float) -> list[i
     out: list[int] = []
     k = 1
     while 1.0 + k * HORIZON_RUNG <= speedup_horizon + 1e-9:
-        h = int(math.ceil((1.0 + k * HORIZON_RUNG) * num_steps / every)) * every
+        h = _whole_intervals(1.0 + k * HORIZON_RUNG, num_steps, every)
         if h > (out[-1] if out else num_steps):
             out.append(h)
         k += 1
@@ -80,7 +85,7 @@ def shorter_horizons(num_steps: int, every: int) -> list[int]:
     out: list[int] = []
     k = 1
     while 1.0 - k * HORIZON_RUNG > 1e-9:
-        h = max(every, int(math.ceil((1.0 - k * HORIZON_RUNG) * num_steps / every)) * every)
+        h = max(every, _whole_intervals(1.0 - k * HORIZON_RUNG, num_steps, every))
         if h < (out[-1] if out else num_steps):
             out.append(h)
         k += 1
@@ -127,13 +132,15 @@ def extend_adamw_cosine(runs: TaskRuns, task: Task, data: Any, suite: Suite, see
         return runner(data, [lr] * len(seeds), seeds)
 
     extra: list[Curves] = []
-    if _hits(planned, targets):
+    reached = _hits(planned, targets)
+    if reached:
         for horizon in shorter_horizons(num_steps, every):
             extra.append(run(horizon))
-            if not _hits(extra[-1], targets):
+            hits = _hits(extra[-1], targets)
+            if not hits:
                 break
+            reached |= hits
     wanted = {(i, m) for i, goals in enumerate(targets) for m, g in zip(("train", "valid"), goals) if math.isfinite(g)}
-    reached = set().union(_hits(planned, targets), *(_hits(c, targets) for c in extra))
     for horizon in horizon_ladder(num_steps, every, suite.speedup_horizon):
         if reached >= wanted:
             break
