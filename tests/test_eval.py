@@ -165,6 +165,10 @@ def test_adamw_cosine_runs_other_horizons_until_it_reaches_the_targets():
     assert 1 <= len(shorter) <= 3 and [int(c.steps[-1]) for c in shorter] == [30, 20, 10][: len(shorter)]
     reach = [metrics.steps_to_reach(c.steps, c.train_loss[0], final[0]) is not None for c in shorter]
     assert all(reach[:-1]) and (len(shorter) == 3 or not reach[-1])  # stopped at the first that fell short
+    best_valid = float(planned.valid_loss[0].min())  # the planned run's best: the 30-step plan falls short of it
+    extend_adamw_cosine(runs, t, data, suite, [1], 40, 10, [(float("inf"), best_valid)])
+    tried = runs.other_horizons["adamw_cosine"]
+    assert [int(c.steps[-1]) for c in tried] == [30] and float(tried[0].valid_loss[0].min()) > best_valid
     extend_adamw_cosine(runs, t, data, suite, [1], 40, 10, [(float("inf"), float("inf"))])  # diverged: nothing
     assert runs.other_horizons["adamw_cosine"] == []
     # no run reaches an impossible target: every longer horizon runs, no shorter one (a diverged learned
