@@ -83,10 +83,16 @@ def check_names(models: tuple[str, ...], architectures: tuple[str, ...] | None) 
     from lopt.eval.bench_step import PRETRAINED_PREFIX
 
     shipped = [f"{PRETRAINED_PREFIX}{n}" for n in lopt.pretrained()]
+    from lopt.kernels import KERNELS
+
     for a in architectures or ():
-        if a not in archs.names() and a not in shipped:
+        name, at, kernel = a.partition("@")
+        if name not in archs.names() and name not in shipped:
             valid = ", ".join([*archs.names(), *shipped])
-            raise EvalError(f"unknown architecture {a!r}; valid: {valid}")
+            raise EvalError(f"unknown architecture {name!r}; valid: {valid}")
+        if at and kernel not in KERNELS:
+            raise EvalError(f"unknown implementation {kernel!r} in {a!r}; valid suffixes: "
+                            f"{', '.join('@' + k for k in KERNELS)}")
 
 
 def machine_info() -> dict[str, Any]:

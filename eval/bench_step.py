@@ -60,7 +60,9 @@ def learned_txs(num_steps: int, architectures: list[str] | None = None) -> dict[
     ``pretrained:NAME`` is a shipped optimizer with its own options (the
     ``default`` one turns on the schedule and centering, which cost time);
     without a selection every architecture and ``pretrained:default`` are
-    measured.
+    measured. A suffix ``@xla``, ``@cpu`` or ``@auto`` picks the update's
+    implementation (``as_optax``'s ``kernel``, :mod:`lopt.kernels`); without
+    one it is ``auto``, what users get.
     """
     import lopt
     from lopt import architectures as archs
@@ -68,11 +70,13 @@ def learned_txs(num_steps: int, architectures: list[str] | None = None) -> dict[
 
     out = {}
     for name in architectures or [*archs.names(), f"{PRETRAINED_PREFIX}default"]:
-        if name.startswith(PRETRAINED_PREFIX):
-            out[name] = lopt.pretrained(name[len(PRETRAINED_PREFIX) :]).as_optax(num_steps)
+        base, _, kernel = name.partition("@")
+        kernel = kernel or "auto"
+        if base.startswith(PRETRAINED_PREFIX):
+            out[name] = lopt.pretrained(base[len(PRETRAINED_PREFIX) :]).as_optax(num_steps, kernel=kernel)
             continue
-        arch = archs.get(name)
-        out[name] = as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), num_steps)
+        arch = archs.get(base)
+        out[name] = as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), num_steps, kernel=kernel)
     return out
 
 

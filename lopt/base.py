@@ -353,6 +353,13 @@ class LearnedOptimizer(abc.ABC):
             inner=self.init_inner(meta_params, params),
         )
 
+    def check_update_inputs(self, meta_params: MetaParams, state: OptState, grads: Params, params: Params) -> None:
+        """Trace-time checks of an update's inputs (pytree structure, leaf shapes and dtypes, the state's
+        shapes), each failing with an :class:`OptimizerError` that names the problem."""
+        _check_same_structure(grads, params, state.scales)
+        _check_leaves(grads, params)
+        _check_state_shapes(jax.eval_shape(self.init_inner, meta_params, params), state.inner)
+
     def update(
         self,
         meta_params: MetaParams,
@@ -366,9 +373,7 @@ class LearnedOptimizer(abc.ABC):
         Skipped (zero updates, old accumulators, ``skipped`` +1) when any
         update or new accumulator is not finite; see the module docstring.
         """
-        _check_same_structure(grads, params, state.scales)
-        _check_leaves(grads, params)
-        _check_state_shapes(jax.eval_shape(self.init_inner, meta_params, params), state.inner)
+        self.check_update_inputs(meta_params, state, grads, params)
         loss = jnp.zeros((), jnp.float32) if loss is None else jnp.asarray(loss, jnp.float32)
         grads32 = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
         params32 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)

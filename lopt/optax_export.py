@@ -32,6 +32,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from lopt import kernels
 from lopt.base import LearnedOptimizer, OptimizerError, check_num_steps
 
 
@@ -40,16 +41,20 @@ def as_optax(
     meta_params: Any,
     num_steps: int,
     update_scales: Any | None = None,
+    kernel: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap ``arch`` with fixed ``meta_params`` into an optax transformation.
 
     ``update_scales`` is an optional pytree like the params of per-leaf float
     multipliers applied to each leaf's update (the muP mode); default all ones.
+    ``kernel`` picks how the update runs: ``"xla"``, the fused ``"cpu"`` kernel,
+    or ``"auto"`` (the kernel on large single-device CPU models; :mod:`lopt.kernels`).
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, jnp.integer)) or int(num_steps) < 1:
         raise OptimizerError(f"num_steps must be a positive integer (the planned run length), got {num_steps!r}")
     check_num_steps(num_steps)  # fits the int32 step counter
     num_steps = int(num_steps)
+    kernel = kernels.check_kernel(kernel)
 
     def init_fn(params: Any) -> Any:
         return arch.init(meta_params, params, num_steps, update_scales)
@@ -60,6 +65,10 @@ def as_optax(
             raise OptimizerError(
                 f"learned optimizer {arch.arch!r} needs the parameters: call tx.update(grads, state, params)"
             )
+        if kernels.use_cpu_kernel(kernel, arch, params):
+            from lopt.kernels import normed_fc_cpu
+
+            return normed_fc_cpu.update(arch, meta_params, state, updates, params, value)
         return arch.update(meta_params, state, updates, params, value)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -30,9 +30,11 @@ class TrainedOptimizer:
     meta_params: Any
     metadata: dict = dataclasses.field(default_factory=dict)
 
-    def as_optax(self, num_steps: int, update_scales: Any | None = None) -> optax.GradientTransformationExtraArgs:
-        """An optax optimizer planning ``num_steps`` updates (see :mod:`lopt.optax_export`)."""
-        return as_optax(self.arch, self.meta_params, num_steps, update_scales)
+    def as_optax(self, num_steps: int, update_scales: Any | None = None,
+                 kernel: str = "auto") -> optax.GradientTransformationExtraArgs:
+        """An optax optimizer planning ``num_steps`` updates (see :mod:`lopt.optax_export`; ``kernel``:
+        :mod:`lopt.kernels`)."""
+        return as_optax(self.arch, self.meta_params, num_steps, update_scales, kernel)
 
     def with_weight_decay(self, weight_decay: float) -> "TrainedOptimizer":
         """The same optimizer with its learned decoupled weight decay replaced by ``weight_decay``.

@@ -58,14 +58,17 @@ Speed: the per-parameter network is written with
 update into a few loops per tensor (two reductions per tensor: ``rms(a)`` and
 ``rms(d)``). The non-finite guard reuses those reductions (see
 :meth:`NormedFC.checked_update`) and the accumulators are written once, with
-the skip folded in (:meth:`NormedFC.commit_inner`).
+the skip folded in (:meth:`NormedFC.commit_inner`). On large single-device CPU
+models the deployed update runs through hand-fused kernels instead
+(:mod:`lopt.kernels.normed_fc_cpu`), which share this class's scalar code
+(:meth:`NormedFC.step_scalars`, :meth:`NormedFC.tensor_terms`, :meth:`NormedFC.leaf_scales`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +81,22 @@ LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
 STEP_LOW, STEP_HIGH = math.log(0.01), math.log(10.0)  # bounds of the learned log step multiplier
 PARAM_RMS_FLOOR = 1e-3  # log rms(p) feature uses max(rms(p), this)
 TINY_RMS = 1e-30  # added to mean squares before a division / log
+
+
+class StepScalars(NamedTuple):
+    """The scalars of one step that every tensor's update uses (:meth:`NormedFC.step_scalars`)."""
+
+    beta_m: jax.Array  # momentum decays, one per momentum
+    beta_v: jax.Array  # second-moment decay
+    corr_m: jax.Array  # bias corrections of the momenta
+    corr_v: jax.Array  # bias correction of the second moment
+    loss_mean: jax.Array  # running mean of the loss before this step
+    lr_t: jax.Array  # this step's learning rate
+    wd: jax.Array  # decoupled weight decay rate of this run
+    lr_decay: jax.Array  # the learning rate the decay is scaled by
+    weight: jax.Array | None  # the D estimate's weight of this step (None: fixed step size)
+    bias_step: jax.Array  # first layer's bias from the step features (hidden,)
+    log_step_time: jax.Array  # the log step multiplier's step-feature part
 
 
 def _bounded(x: jax.Array) -> jax.Array:
@@ -285,9 +304,13 @@ class NormedFC(LearnedOptimizer):
             kept["brake"] = jnp.where(ok, new_inner["brake"], inner["brake"])
         return kept
 
-    def _update(self, meta_params, state: OptState, grads, params, loss):
+    # ---------------------------------------------------------------- the rule's scalars
+    # Written once for both implementations of the update: the XLA one below and
+    # the fused CPU kernels (lopt.kernels.normed_fc_cpu), which differ only in how
+    # they pass over the tensors.
+    def step_scalars(self, meta_params, state: OptState, loss: jax.Array) -> StepScalars:
+        """This step's scalars shared by every tensor: decays, bias corrections, loss feature, rates."""
         mp = meta_params
-        k = len(self.momentum_decays)
         beta_m = jax.nn.sigmoid(mp["decays"]["momentum_logits"])
         beta_v = jax.nn.sigmoid(mp["decays"]["second_moment_logit"])
         corr_m = ft.bias_correction(beta_m, state.step)
@@ -301,14 +324,42 @@ class NormedFC(LearnedOptimizer):
         lr_t = self.step_lr(state)
         wd = self.run_weight_decay(mp["log_wd"], state.num_steps)
         lr_decay = lr_t if not self.brakes or self.brake_decay else lr_t * jnp.exp(-state.inner["brake"])
-        adapts = self.adapts_distance
-        if adapts:
-            weight = self._distance_weight(state.inner["d"], lr_t)
-        w1 = mp["layer1"]["w"]
-        w_tensor = mp["layer1"]["w_tensor"]
+        weight = self._distance_weight(state.inner["d"], lr_t) if self.adapts_distance else None
         n_step = self.num_step_features
-        bias_step = mp["layer1"]["b"] + step_feats @ w_tensor[:n_step]
+        bias_step = mp["layer1"]["b"] + step_feats @ mp["layer1"]["w_tensor"][:n_step]
         log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
+        return StepScalars(beta_m, beta_v, corr_m, corr_v, loss_mean, lr_t, wd, lr_decay, weight, bias_step,
+                           log_step_time)
+
+    def tensor_terms(self, meta_params, sc: StepScalars, rms_a: jax.Array, rms_p: jax.Array):
+        """One tensor's ``(bias1, log step multiplier, centering constant)`` from ``rms(a)`` and ``rms(p)``.
+
+        The centering constant is the network's output with every per-parameter
+        feature at zero (a scalar), subtracted so a parameter that gets no
+        gradient never moves.
+        """
+        mp = meta_params
+        n_step = self.num_step_features
+        tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(rms_p, PARAM_RMS_FLOOR))])
+        bias1 = sc.bias_step + tensor @ mp["layer1"]["w_tensor"][n_step:]
+        log_mult = _bounded(sc.log_step_time + tensor @ mp["step"]["w"][n_step:])
+        h1_0 = jax.nn.relu(bias1)
+        h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
+        return bias1, log_mult, h2_0 @ mp["out"]
+
+    def leaf_scales(self, sc: StepScalars, s: jax.Array, log_mult, rms_a, rms_d, ndim: int):
+        """``(scale, decay)`` of one tensor: its update is ``-(scale * d) - decay * p``."""
+        scale = s * sc.lr_t * jnp.exp(log_mult) * rms_a / rms_d
+        decay = s * sc.lr_decay * sc.wd if ndim >= self.decay_min_ndim else jnp.zeros((), jnp.float32)
+        return scale, decay
+
+    def _update(self, meta_params, state: OptState, grads, params, loss):
+        mp = meta_params
+        k = len(self.momentum_decays)
+        sc = self.step_scalars(mp, state, loss)
+        beta_m, beta_v, corr_m, corr_v = sc.beta_m, sc.beta_v, sc.corr_m, sc.corr_v
+        adapts = self.adapts_distance
+        w1 = mp["layer1"]["w"]
 
         def leaf(g, p, s, moved, acc, v, *ms):
             if self.brakes:  # the previous step's direction (bias corrections are global: cosines ignore them)
@@ -324,24 +375,18 @@ class NormedFC(LearnedOptimizer):
             rs = jax.lax.rsqrt(v_hat + ft.TINY)
             feats = [g * rs, *(ms[i] * corr_m[i] * rs for i in range(k))]
             rms_p = _rms(p)
-            tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(rms_p, PARAM_RMS_FLOOR))])
-            bias1 = bias_step + tensor @ w_tensor[n_step:]
+            bias1, log_mult, centre = self.tensor_terms(mp, sc, rms_a, rms_p)
             h1 = [jax.nn.relu(x) for x in ft.dense_elementwise(feats, w1, bias1)]
             h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
             net = sum(mp["out"][j] * x for j, x in enumerate(h2))
-            # The same network with every per-parameter feature at zero (a scalar): centering.
-            h1_0 = jax.nn.relu(bias1)
-            h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
-            d = a + (net - h2_0 @ mp["out"])
-            log_mult = _bounded(log_step_time + tensor @ mp["step"]["w"][n_step:])
+            d = a + (net - centre)
             rms_d = _rms(d)
-            scale = s * lr_t * jnp.exp(log_mult) * rms_a / rms_d
-            decay = s * lr_decay * wd if jnp.ndim(p) >= self.decay_min_ndim else jnp.zeros((), jnp.float32)
+            scale, decay = self.leaf_scales(sc, s, log_mult, rms_a, rms_d, jnp.ndim(p))
             update = -(scale * d) - decay * p
             # An empty leaf has NaN RMSs and no update: it must not skip the step.
             finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, decay])).all() if jnp.size(g) else True
             if adapts:
-                acc, dot, l1 = distance.leaf_terms(g, moved, acc, self.distance_decay, weight)
+                acc, dot, l1 = distance.leaf_terms(g, moved, acc, self.distance_decay, sc.weight)
                 moved = moved + update
             else:
                 dot = l1 = jnp.zeros((), jnp.float32)
@@ -351,7 +396,7 @@ class NormedFC(LearnedOptimizer):
         moved, accs = (inner["moved"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
         out = ft.map_unzip(leaf, 10 + k, grads, params, state.scales, moved, accs, inner["v"], *inner["m"])
         updates, finite, dots, l1s, ga, gg, aa, moved, accs, v, ms = *out[:10], tuple(out[10:])
-        new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(loss_mean, loss, LOSS_DECAY)}
+        new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(sc.loss_mean, loss, LOSS_DECAY)}
         oks = jax.tree.leaves(finite)
         if self.brakes:
             ga, gg, aa = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (ga, gg, aa))
@@ -362,7 +407,7 @@ class NormedFC(LearnedOptimizer):
             oks.append(jnp.isfinite(brake))
         if adapts:
             dot, l1 = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (dots, l1s))
-            d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, weight)
+            d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, sc.weight)
             new_inner.update(moved=moved, s=accs, d=d, num=num)
             oks.append(d_finite)
         ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)

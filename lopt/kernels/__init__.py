@@ -1,0 +1,73 @@
+"""Hand-fused kernels for the deployed optimizer, and the rule that picks them.
+
+``as_optax(..., kernel=...)`` chooses how a learned optimizer's update runs:
+
+* ``"xla"``: the architecture's JAX code, compiled by XLA (every platform,
+  shardable, differentiable, vmappable);
+* ``"cpu"``: a hand-fused C++ kernel (:mod:`lopt.kernels.normed_fc_cpu`), for
+  ``normed_fc`` on CPU; an :class:`~lopt.base.OptimizerError` says why when it
+  cannot run;
+* ``"auto"`` (the default): the kernel where it pays and is safe, else XLA.
+  That is: the architecture is one the kernel implements, JAX runs on a single
+  CPU device (so parameters cannot be sharded: a custom call does not
+  partition, and XLA would gather every shard onto each device), the model has
+  at least :data:`AUTO_MIN_PARAMS` parameters (below that the forward and
+  backward pass dominate the step and the XLA program is as good), and the
+  kernel builds on this machine (a C++ compiler; see :mod:`lopt.kernels.build`).
+
+The two implementations compute the same rule; they agree to float32 rounding,
+not bit for bit (tests/test_kernels.py). The choice is made when the update is
+traced, from the parameters' sizes and the platform, so it is the same on
+every step and every run on one machine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+
+from lopt.base import OptimizerError
+
+KERNELS = ("auto", "xla", "cpu")
+AUTO_MIN_PARAMS = 1 << 20  # "auto" uses a kernel on models of at least this many parameters
+
+
+def check_kernel(kernel: Any) -> str:
+    """``kernel`` if it names an implementation, else an :class:`OptimizerError`."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise OptimizerError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def _num_params(params: Any) -> int:
+    return sum(int(getattr(x, "size", 1)) for x in jax.tree.leaves(params))
+
+
+def use_cpu_kernel(kernel: str, arch: Any, params: Any) -> bool:
+    """Whether this update of ``arch`` on ``params`` runs through the fused CPU kernel (see the module docstring)."""
+    if kernel == "xla":
+        return False
+    from lopt.kernels import build, normed_fc_cpu
+
+    why = normed_fc_cpu.unsupported(arch)
+    if kernel == "cpu":
+        if why:
+            raise OptimizerError(f"kernel='cpu': {why}")
+        if jax.default_backend() != "cpu":
+            raise OptimizerError(f"kernel='cpu' runs on CPU only; JAX's default backend is {jax.default_backend()!r}")
+        try:
+            build.load(normed_fc_cpu.NAME)
+        except build.KernelUnavailable as e:
+            raise OptimizerError(f"kernel='cpu' is not available here: {e}") from e
+        return True
+    if why or jax.default_backend() != "cpu" or jax.device_count() != 1 or _num_params(params) < AUTO_MIN_PARAMS:
+        return False
+    try:
+        build.load(normed_fc_cpu.NAME)
+    except build.KernelUnavailable as e:
+        warnings.warn(f"lopt: using the XLA implementation of {arch.arch}'s update: the fused CPU kernel is "
+                      f"not available ({e})", RuntimeWarning, stacklevel=3)
+        return False
+    return True
