@@ -16,7 +16,10 @@
   kernel builds on this machine (a C++ compiler; see :mod:`lopt.kernels.build`).
 
 The two implementations compute the same rule; they agree to float32 rounding,
-not bit for bit (tests/test_kernels.py). The choice is made when the update is
+not bit for bit (tests/test_kernels.py). The kernels have no derivative: pass
+``kernel="xla"`` to differentiate through the update itself. Meta-training's
+unrolls call the architecture's own update, so meta-gradients always go through
+the XLA code. The choice is made when the update is
 traced, from the parameters' sizes and the platform, so it is the same on
 every step and every run on one machine.
 """

@@ -226,10 +226,14 @@ ffi::Error Apply(ffi::ThreadPool pool, const float* g, const float* p, const flo
   if (c.ok == 0.0f) {  // skipped step: zero update, accumulators unchanged
     ParallelBlocks(pool, nb, [&](int64_t b) {
       int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+      // Outputs are usually their inputs' buffers (in place): then there is nothing to copy.
+      auto keep = [lo, hi](const float* from, float* to) {
+        if (from != to) std::copy(from + lo, from + hi, to + lo);
+      };
       std::fill(u + lo, u + hi, 0.0f);
-      std::copy(v + lo, v + hi, v_out + lo);
-      for (int k = 0; k < K; ++k) std::copy(ms[k] + lo, ms[k] + hi, ms_out[k] + lo);
-      if (Adapts) std::copy(moved + lo, moved + hi, moved_out + lo), std::copy(s + lo, s + hi, s_out + lo);
+      keep(v, v_out);
+      for (int k = 0; k < K; ++k) keep(ms[k], ms_out[k]);
+      if (Adapts) keep(moved, moved_out), keep(s, s_out);
     });
     return ffi::Error::Success();
   }
