@@ -22,13 +22,14 @@ from lopt import io as lopt_io
 from lopt.eval import report as report_md
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUND = ROOT / "docs" / "recipe_results" / "speedups"  # the latest reporting runs of the shipped default
+ROUND = ROOT / "docs" / "recipe_results" / "default_v12"  # the latest reporting runs of the shipped default
+VERSION = "v12"
 SUITES = ("held_out", "realistic")
 
 
 @functools.cache
 def _report(suite: str) -> dict:
-    return json.loads((ROUND / f"report_v11_{suite}.json").read_text())
+    return json.loads((ROUND / f"report_{VERSION}_{suite}.json").read_text())
 
 
 def _as_default(text: str, report: dict) -> str:
@@ -44,19 +45,23 @@ def test_card_tables_are_the_committed_reports(suite):
     report = _report(suite)
     tables = _as_default(report_md.summary_table(report), report)
     outcomes = _as_default("\n".join(report_md.outcome_lines(report)), report)
-    assert tables in card, f"docs/model_card.md's {suite} tables differ from {ROUND.name}/report_v11_{suite}.json"
+    assert tables in card, f"docs/model_card.md's {suite} tables differ from {ROUND.name}/report_{VERSION}_{suite}.json"
     assert outcomes in card, f"docs/model_card.md's {suite} outcome lines differ from the committed report"
 
 
 def test_committed_reports_ran_the_shipped_default():
-    """Same tensors and same hyperparameters: v11 has v10's tensors and differs in one hyperparameter."""
+    """The optimizer each report loaded (a shipped name or a committed candidate file) has the shipped
+    default's tensors and hyperparameters."""
     def identity(opt):
         return lopt_io.checksum(lopt_io.flatten_meta_params(opt.meta_params)), opt.arch.arch, opt.arch.hparams()
 
     shipped = identity(lopt.pretrained("default"))
     for suite in SUITES:
-        (name,) = _report(suite)["learned"]
-        assert identity(lopt.pretrained(name)) == shipped, f"{suite} report ran {name}, not the shipped default"
+        report = _report(suite)
+        (name,) = report["learned"]
+        source = report["sources"][name]
+        opt = lopt.pretrained(source.split(":", 1)[1]) if source.startswith("pretrained:") else lopt.load(ROOT / source)
+        assert identity(opt) == shipped, f"{suite} report ran {source}, not the shipped default"
 
 
 def test_readme_headline_rounds_the_committed_reports():
