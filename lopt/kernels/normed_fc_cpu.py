@@ -157,7 +157,6 @@ def update(arch: NormedFC, meta_params: Any, state: OptState, grads: Any, params
             continue
         bias1, centre, scale, decay = terms[i]
         c = consts(bias1, centre, scale, decay, ok.astype(jnp.float32))
-        n = g.size
         moved = moved_leaves[i] if adapts else empty
         acc = acc_leaves[i] if adapts else empty
         shapes = [jax.ShapeDtypeStruct(p.shape, jnp.float32)] * 2 + [jax.ShapeDtypeStruct(moved.shape, jnp.float32)] * 2
