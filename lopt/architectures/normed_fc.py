@@ -347,11 +347,13 @@ class NormedFC(LearnedOptimizer):
         h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
         return bias1, log_mult, h2_0 @ mp["out"]
 
-    def leaf_scales(self, sc: StepScalars, s: jax.Array, log_mult, rms_a, rms_d, ndim: int):
-        """``(scale, decay)`` of one tensor: its update is ``-(scale * d) - decay * p``."""
+    def leaf_scales(self, sc: StepScalars, s: jax.Array, log_mult, rms_a, rms_d, rms_p, ndim: int):
+        """``(scale, decay, finite)`` of one non-empty tensor: its update is ``-(scale * d) - decay * p``,
+        finite exactly when these scalars are (a non-finite element of ``d`` or ``p`` makes its RMS
+        non-finite; see :meth:`NormedFC.checked_update`)."""
         scale = s * sc.lr_t * jnp.exp(log_mult) * rms_a / rms_d
         decay = s * sc.lr_decay * sc.wd if ndim >= self.decay_min_ndim else jnp.zeros((), jnp.float32)
-        return scale, decay
+        return scale, decay, jnp.isfinite(jnp.stack([scale, rms_d, rms_p, decay])).all()
 
     def _update(self, meta_params, state: OptState, grads, params, loss):
         mp = meta_params
@@ -381,10 +383,9 @@ class NormedFC(LearnedOptimizer):
             net = sum(mp["out"][j] * x for j, x in enumerate(h2))
             d = a + (net - centre)
             rms_d = _rms(d)
-            scale, decay = self.leaf_scales(sc, s, log_mult, rms_a, rms_d, jnp.ndim(p))
+            scale, decay, finite = self.leaf_scales(sc, s, log_mult, rms_a, rms_d, rms_p, jnp.ndim(p))
             update = -(scale * d) - decay * p
-            # An empty leaf has NaN RMSs and no update: it must not skip the step.
-            finite = jnp.isfinite(jnp.stack([scale, rms_d, rms_p, decay])).all() if jnp.size(g) else True
+            finite = finite if jnp.size(g) else True  # an empty leaf has NaN RMSs and no update: no skip
             if adapts:
                 acc, dot, l1 = distance.leaf_terms(g, moved, acc, self.distance_decay, sc.weight)
                 moved = moved + update

@@ -117,12 +117,23 @@ struct Consts {
   }
 };
 
-// Adam's direction a and the corrected direction d for one element, from the new moments.
+// Adam's direction for one element, from its new first momentum and second moment.
+inline float AdamDirection(float m0, float v, float corr0, float corr_v, float eps) {
+  return m0 * corr0 / (std::sqrt(v * corr_v) + eps);
+}
+
+// The new momenta of element i (written to m).
 template <int K, int H>
-inline float Direction(const Consts<K, H>& c, float g, const float* m, float v, float* a_out) {
+inline void NewMomenta(const Consts<K, H>& c, const float* const* ms, int64_t i, float g, float* m) {
+  for (int k = 0; k < K; ++k) m[k] = Ema(c.betas[k], ms[k][i], g);
+}
+
+// The corrected direction d for one element, from its new momenta m and second moment v.
+template <int K, int H>
+inline float Direction(const Consts<K, H>& c, float g, const float* m, float v) {
   constexpr int F = 1 + K;
+  float a = AdamDirection(m[0], v, c.corr[0], c.corr_v, c.eps);
   float v_hat = v * c.corr_v;
-  float a = m[0] * c.corr[0] / (std::sqrt(v_hat) + c.eps);
   float rs = 1.0f / std::sqrt(v_hat + c.tiny);
   float feats[F];
   feats[0] = g * rs;
@@ -139,7 +150,6 @@ inline float Direction(const Consts<K, H>& c, float g, const float* m, float v, 
     for (int j = 0; j < H; ++j) acc = acc + c.w2[j * H + h] * h1[j];
     net = net + c.out[h] * (acc > 0.0f ? acc : 0.0f);
   }
-  *a_out = a;
   return a + (net - c.c0);
 }
 
@@ -159,7 +169,7 @@ ffi::Error Stats(ffi::ThreadPool pool, const float* g, const float* p, const flo
       float gi = g[i];
       float m = Ema(beta0, m0[i], gi);
       float vv = Ema(beta_v, v[i], gi * gi);
-      float a = m * corr0 / (std::sqrt(vv * corr_v) + eps);
+      float a = AdamDirection(m, vv, corr0, corr_v, eps);
       sa += a * a;
       sp += p[i] * p[i];
       float ag = std::fabs(gi);
@@ -201,9 +211,9 @@ ffi::Error DNorm(ffi::ThreadPool pool, const float* g, const float* v, const flo
       LOPT_IVDEP
       for (int64_t j = 0; j < m_n; ++j) {
         int64_t i = lo2 + j;
-        float gi = g[i], m[K], a;
-        for (int k = 0; k < K; ++k) m[k] = Ema(c.betas[k], ms[k][i], gi);
-        float d = Direction<K, H>(c, gi, m, Ema(c.beta_v, v[i], gi * gi), &a);
+        float gi = g[i], m[K];
+        NewMomenta(c, ms, i, gi, m);
+        float d = Direction<K, H>(c, gi, m, Ema(c.beta_v, v[i], gi * gi));
         sq[j] = d * d;
       }
 #pragma omp simd reduction(+ : sd)
@@ -242,10 +252,10 @@ ffi::Error Apply(ffi::ThreadPool pool, const float* g, const float* p, const flo
     int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
     LOPT_IVDEP
     for (int64_t i = lo; i < hi; ++i) {
-      float gi = g[i], m[K], a;
-      for (int k = 0; k < K; ++k) m[k] = Ema(c.betas[k], ms[k][i], gi);
+      float gi = g[i], m[K];
+      NewMomenta(c, ms, i, gi, m);
       float vv = Ema(c.beta_v, v[i], gi * gi);
-      float d = Direction<K, H>(c, gi, m, vv, &a);
+      float d = Direction<K, H>(c, gi, m, vv);
       float up = -(scale * d) - decay * p[i];
       u[i] = up;
       v_out[i] = vv;
@@ -280,6 +290,19 @@ bool ConstsOk(ffi::Buffer<ffi::F32>& c) { return static_cast<int64_t>(c.element_
 
 ffi::Error BadConsts() { return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lopt normed_fc kernel: consts size"); }
 
+// The K momentum buffers passed after the fixed arguments.
+template <int K>
+ffi::Error Momenta(ffi::RemainingArgs& rest, const float** ms) {
+  if (static_cast<int>(rest.size()) != K)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lopt normed_fc kernel: wrong number of momenta");
+  for (int i = 0; i < K; ++i) {
+    auto m = rest.get<ffi::Buffer<ffi::F32>>(i);
+    if (m.has_error()) return m.error();
+    ms[i] = m->typed_data();
+  }
+  return ffi::Error::Success();
+}
+
 template <int K, int H>
 ffi::Error StatsChecked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                         ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> m0, ffi::Buffer<ffi::F32> v,
@@ -302,13 +325,8 @@ template <int K, int H>
 ffi::Error DNormChecked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> v,
                         ffi::Buffer<ffi::F32> c, ffi::RemainingArgs& rest, float* out) {
   if (!ConstsOk<K, H>(c)) return BadConsts();
-  if (static_cast<int>(rest.size()) != K) return BadConsts();
   const float* ms[K];
-  for (int i = 0; i < K; ++i) {
-    auto m = rest.get<ffi::Buffer<ffi::F32>>(i);
-    if (m.has_error()) return m.error();
-    ms[i] = m->typed_data();
-  }
+  if (ffi::Error e = Momenta<K>(rest, ms); e.failure()) return e;
   return DNorm<K, H>(pool, g.typed_data(), v.typed_data(), ms, c.typed_data(),
                      static_cast<int64_t>(g.element_count()), out);
 }
@@ -325,14 +343,10 @@ ffi::Error ApplyChecked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buff
                         ffi::Buffer<ffi::F32> c, ffi::RemainingArgs& args, ffi::RemainingRets& rets, bool adapts) {
   if (!ConstsOk<K, H>(c)) return BadConsts();
   // args: K momenta; rets: u, v, moved, s, then K momenta.
-  if (static_cast<int>(args.size()) != K || static_cast<int>(rets.size()) != 4 + K) return BadConsts();
+  if (static_cast<int>(rets.size()) != 4 + K) return BadConsts();
   const float* ms[K];
+  if (ffi::Error e = Momenta<K>(args, ms); e.failure()) return e;
   float* outs[4 + K];
-  for (int i = 0; i < K; ++i) {
-    auto m = args.get<ffi::Buffer<ffi::F32>>(i);
-    if (m.has_error()) return m.error();
-    ms[i] = m->typed_data();
-  }
   for (int i = 0; i < 4 + K; ++i) {
     auto r = rets.get<ffi::Buffer<ffi::F32>>(i);
     if (r.has_error()) return r.error();

@@ -123,8 +123,8 @@ def update(arch: NormedFC, meta_params: Any, state: OptState, grads: Any, params
         sd = _call("lopt_normed_fc_dnorm", jax.ShapeDtypeStruct((1,), jnp.float32), g, v, c,
                    *(m[i] for m in m_leaves), **attrs)
         rms_d = _rms_from_sum(sd[0], n)
-        scale, decay = arch.leaf_scales(sc, s_leaves[i], log_mult, rms_a, rms_d, p.ndim)
-        finite.append(jnp.isfinite(jnp.stack([scale, rms_d, rms_p, decay])).all())
+        scale, decay, leaf_finite = arch.leaf_scales(sc, s_leaves[i], log_mult, rms_a, rms_d, rms_p, p.ndim)
+        finite.append(leaf_finite)
         terms.append((bias1, centre, scale, decay))
 
     # The guard, as the base class decides it (NormedFC.moment_keys: the moments are checked through |g|).
