@@ -34,10 +34,10 @@ GOLDEN = Path(__file__).parent / "data" / "golden_updates.npz"
 STEPS = 4
 RTOL, ATOL = 2e-5, 1e-7
 SHIPPED = ("default", "default_v1", "default_v2", "default_v3", "default_v4", "default_v5", "default_v7", "default_v10",
-           "default_v11", "default_v12",
+           "default_v11", "default_v12", "default_v13",
            "hyper_mup")
 QUALITY = ("default", "default_v1", "default_v2", "default_v3", "default_v4", "default_v5", "default_v7",
-           "default_v10", "default_v11", "default_v12")  # shipped optimizers with a recorded quality curve
+           "default_v10", "default_v11", "default_v12", "default_v13")  # shipped optimizers with a recorded quality curve
 FRESH = ("small_fc", "mlp", "learned_adam", "hyper")
 
 

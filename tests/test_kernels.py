@@ -1,5 +1,7 @@
 """The fused CPU kernels of ``normed_fc``: the same rule as the XLA update, the same guard, the choice rule."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,8 +68,16 @@ def _close(a, b, rtol=2e-4):
             np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * scale)
 
 
+def _lagged(opt):
+    """The same optimizer with ``tensor_stats="previous"`` (the one-pass kernel)."""
+    return lopt.TrainedOptimizer(dataclasses.replace(opt.arch, tensor_stats="previous"), opt.meta_params, {})
+
+
 CASES = {
     "shipped default (2 momenta, distance step)": lambda: lopt.pretrained("default"),
+    "shipped default, previous step's statistics (one pass)": lambda: _lagged(lopt.pretrained("default")),
+    "fresh normed_fc, 3 momenta, previous step's statistics": lambda: _lagged(lopt.TrainedOptimizer(
+        a := architectures.get("normed_fc"), a.init_meta_params(jax.random.PRNGKey(3)), {})),
     "fresh normed_fc (3 momenta, fixed step, decay on matrices)": lambda: lopt.TrainedOptimizer(
         a := architectures.get("normed_fc", decay_min_ndim=2), a.init_meta_params(jax.random.PRNGKey(1)), {}),
     "hidden 8, 1 momentum, distance": lambda: lopt.TrainedOptimizer(
@@ -98,9 +108,10 @@ def test_kernel_update_scales_and_bfloat16_params():
     _close(xla[2], cpu[2], rtol=2e-2)  # bfloat16 updates: one rounding of 2^-8
 
 
+@pytest.mark.parametrize("lagged", [False, True])
 @pytest.mark.parametrize("bad", ["nan", "huge"])
-def test_kernel_skips_the_same_steps(bad):
-    opt = lopt.pretrained("default")
+def test_kernel_skips_the_same_steps(bad, lagged):
+    opt = _lagged(lopt.pretrained("default")) if lagged else lopt.pretrained("default")
     params = _params()
     xla = _run(opt.as_optax(40, kernel="xla"), params, steps=6, bad=(bad, 3))
     cpu = _run(opt.as_optax(40, kernel="cpu"), params, steps=6, bad=(bad, 3))

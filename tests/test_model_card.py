@@ -22,8 +22,8 @@ from lopt import io as lopt_io
 from lopt.eval import report as report_md
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUND = ROOT / "docs" / "recipe_results" / "default_v12"  # the latest reporting runs of the shipped default
-VERSION = "v12"
+ROUND = ROOT / "docs" / "recipe_results" / "default_v13"  # the latest reporting runs of the shipped default
+VERSION = "v13"
 SUITES = ("held_out", "realistic")
 
 

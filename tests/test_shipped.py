@@ -113,18 +113,22 @@ def test_with_weight_decay_replaces_only_the_decay(tmp_path):
         lopt.pretrained("default_v1").with_weight_decay(1e-2)
 
 
-def test_default_is_v11_with_a_longer_warmup_and_v11_is_v10_with_the_horizon_scaled_decay():
-    """v12 (the default) = v11 + warm-up over 10% of the run; v11 = v10's tensors + decay_horizon 3000,
-    exponent 0.5; nothing else of the architecture differs, and all three share one set of tensors."""
+def test_default_is_v12_with_lagged_statistics_and_the_lineage_to_v10():
+    """v13 (the default) = v12 + tensor_stats "previous"; v12 = v11 + warm-up over 10% of the run; v11 =
+    v10's tensors + decay_horizon 3000, exponent 0.5; nothing else of the architecture differs, and all four
+    share one set of tensors."""
     import dataclasses
 
     from lopt import io as lopt_io
 
-    v12, v11, v10 = lopt.pretrained("default"), lopt.pretrained("default_v11"), lopt.pretrained("default_v10")
+    v13, v12 = lopt.pretrained("default"), lopt.pretrained("default_v12")
+    v11, v10 = lopt.pretrained("default_v11"), lopt.pretrained("default_v10")
+    assert v13.arch.tensor_stats == "previous" and v12.arch.tensor_stats == "current"
+    assert dataclasses.replace(v13.arch, tensor_stats="current") == v12.arch
     assert v12.arch.warmup_fraction == 0.10 and v11.arch.warmup_fraction == 0.05
     assert dataclasses.replace(v12.arch, warmup_fraction=0.05) == v11.arch
     assert (v11.arch.decay_horizon, v11.arch.decay_horizon_exponent) == (3000, 0.5)
     assert dataclasses.replace(v11.arch, decay_horizon=0, decay_horizon_exponent=1.0) == v10.arch
     sha = lambda o: lopt_io.checksum(lopt_io.flatten_meta_params(o.meta_params))
-    assert sha(v12) == sha(v11) == sha(v10) == sha(lopt.pretrained("default_v12"))
-    assert v12.arch == lopt.pretrained("default_v12").arch
+    assert sha(v13) == sha(v12) == sha(v11) == sha(v10) == sha(lopt.pretrained("default_v13"))
+    assert v13.arch == lopt.pretrained("default_v13").arch

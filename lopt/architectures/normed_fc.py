@@ -62,51 +62,25 @@ the skip folded in (:meth:`NormedFC.commit_inner`). On large single-device CPU
 models the deployed update runs through hand-fused kernels instead
 (:mod:`lopt.kernels.normed_fc_cpu`), which share this class's scalar code
 (:meth:`NormedFC.step_scalars`, :meth:`NormedFC.tensor_terms`, :meth:`NormedFC.leaf_scales`).
+With ``tensor_stats="previous"`` the three per-tensor statistics come from the
+previous step, which makes the update one pass over each tensor instead of
+three (:mod:`lopt.architectures.normed_fc_scalars`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from lopt import distance
 from lopt import features as ft
+from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, TENSOR_STATS, TINY_RMS,  # noqa: F401
+                                                   StepScalars, bounded, initial_stats, next_stats, rms)
 from lopt.base import LearnedOptimizer, OptimizerError, OptState
-
-LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
-STEP_LOW, STEP_HIGH = math.log(0.01), math.log(10.0)  # bounds of the learned log step multiplier
-PARAM_RMS_FLOOR = 1e-3  # log rms(p) feature uses max(rms(p), this)
-TINY_RMS = 1e-30  # added to mean squares before a division / log
-
-
-class StepScalars(NamedTuple):
-    """The scalars of one step that every tensor's update uses (:meth:`NormedFC.step_scalars`)."""
-
-    beta_m: jax.Array  # momentum decays, one per momentum
-    beta_v: jax.Array  # second-moment decay
-    corr_m: jax.Array  # bias corrections of the momenta
-    corr_v: jax.Array  # bias correction of the second moment
-    loss_mean: jax.Array  # running mean of the loss before this step
-    lr_t: jax.Array  # this step's learning rate
-    wd: jax.Array  # decoupled weight decay rate of this run
-    lr_decay: jax.Array  # the learning rate the decay is scaled by
-    weight: jax.Array | None  # the D estimate's weight of this step (None: fixed step size)
-    bias_step: jax.Array  # first layer's bias from the step features (hidden,)
-    log_step_time: jax.Array  # the log step multiplier's step-feature part
-
-
-def _bounded(x: jax.Array) -> jax.Array:
-    """Smooth clip of the learned log step multiplier into [STEP_LOW, STEP_HIGH] (slope 1 at 0)."""
-    return jnp.where(x > 0, STEP_HIGH * jnp.tanh(x / STEP_HIGH), -STEP_LOW * jnp.tanh(x / -STEP_LOW))
-
-
-def _rms(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.mean(jnp.square(x)) + TINY_RMS)
-
 
 @dataclasses.dataclass(frozen=True)
 class NormedFC(LearnedOptimizer):
@@ -142,6 +116,10 @@ class NormedFC(LearnedOptimizer):
     # (0: never; exponent 1 keeps the decay's total over the run, 0 keeps its per-step rate).
     decay_horizon: int = 0
     decay_horizon_exponent: float = 1.0
+    # Whose per-tensor statistics (rms(a), rms(p), rms(d)) the update uses: this step's ("current": three
+    # dependent passes over every tensor) or the previous applied step's ("previous": one pass). See
+    # lopt.architectures.normed_fc_scalars.
+    tensor_stats: str = "current"
 
     def __post_init__(self) -> None:
         if not self.momentum_decays:
@@ -164,6 +142,8 @@ class NormedFC(LearnedOptimizer):
             raise OptimizerError(f"normed_fc: decay_horizon must be an integer >= 0, got {self.decay_horizon!r}")
         if not 0.0 <= self.decay_horizon_exponent <= 1.0:
             raise OptimizerError(f"normed_fc: decay_horizon_exponent must be in [0, 1], got {self.decay_horizon_exponent}")
+        if self.tensor_stats not in TENSOR_STATS:
+            raise OptimizerError(f"normed_fc: tensor_stats must be one of {TENSOR_STATS}, got {self.tensor_stats!r}")
 
     @property
     def adapts_distance(self) -> bool:
@@ -172,6 +152,11 @@ class NormedFC(LearnedOptimizer):
     @property
     def brakes(self) -> bool:
         return self.brake_rate > 0.0
+
+    @property
+    def lagged(self) -> bool:
+        """Whether the update uses the previous step's tensor statistics (``tensor_stats="previous"``)."""
+        return self.tensor_stats == "previous"
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -219,6 +204,8 @@ class NormedFC(LearnedOptimizer):
             inner.update(distance.init(params, self.initial_distance))
         if self.brakes:
             inner["brake"] = jnp.zeros((), jnp.float32)
+        if self.lagged:
+            inner["stats"] = jax.tree.map(initial_stats, params)
         return inner
 
     # ---------------------------------------------------------------- schedule
@@ -302,6 +289,8 @@ class NormedFC(LearnedOptimizer):
             )
         if self.brakes:
             kept["brake"] = jnp.where(ok, new_inner["brake"], inner["brake"])
+        if self.lagged:
+            kept["stats"] = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_inner["stats"], inner["stats"])
         return kept
 
     # ---------------------------------------------------------------- the rule's scalars
@@ -342,7 +331,7 @@ class NormedFC(LearnedOptimizer):
         n_step = self.num_step_features
         tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(rms_p, PARAM_RMS_FLOOR))])
         bias1 = sc.bias_step + tensor @ mp["layer1"]["w_tensor"][n_step:]
-        log_mult = _bounded(sc.log_step_time + tensor @ mp["step"]["w"][n_step:])
+        log_mult = bounded(sc.log_step_time + tensor @ mp["step"]["w"][n_step:])
         h1_0 = jax.nn.relu(bias1)
         h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
         return bias1, log_mult, h2_0 @ mp["out"]
@@ -363,7 +352,9 @@ class NormedFC(LearnedOptimizer):
         adapts = self.adapts_distance
         w1 = mp["layer1"]["w"]
 
-        def leaf(g, p, s, moved, acc, v, *ms):
+        lagged = self.lagged
+
+        def leaf(g, p, s, moved, acc, stats, v, *ms):
             if self.brakes:  # the previous step's direction (bias corrections are global: cosines ignore them)
                 a_prev = ms[0] / (jnp.sqrt(v) + self.eps)
                 brake_terms = (jnp.sum(g * a_prev), jnp.sum(jnp.square(g)), jnp.sum(jnp.square(a_prev)))
@@ -373,17 +364,22 @@ class NormedFC(LearnedOptimizer):
             v = ft.ema(v, jnp.square(g), beta_v)
             v_hat = v * corr_v
             a = ms[0] * corr_m[0] / (jnp.sqrt(v_hat) + self.eps)  # Adam's direction
-            rms_a = _rms(a)
+            rms_a = rms(a)
             rs = jax.lax.rsqrt(v_hat + ft.TINY)
             feats = [g * rs, *(ms[i] * corr_m[i] * rs for i in range(k))]
-            rms_p = _rms(p)
-            bias1, log_mult, centre = self.tensor_terms(mp, sc, rms_a, rms_p)
+            rms_p = rms(p)
+            used_a, used_p = (stats[0], stats[1]) if lagged else (rms_a, rms_p)
+            bias1, log_mult, centre = self.tensor_terms(mp, sc, used_a, used_p)
             h1 = [jax.nn.relu(x) for x in ft.dense_elementwise(feats, w1, bias1)]
             h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
             net = sum(mp["out"][j] * x for j, x in enumerate(h2))
             d = a + (net - centre)
-            rms_d = _rms(d)
-            scale, decay, finite = self.leaf_scales(sc, s, log_mult, rms_a, rms_d, rms_p, jnp.ndim(p))
+            rms_d = rms(d)
+            if lagged:  # the guard uses only what is known before the pass (normed_fc_scalars)
+                scale, decay, finite = self.leaf_scales(sc, s, log_mult, used_a, stats[2], used_p, jnp.ndim(p))
+                stats = next_stats(rms_a, rms_p, rms_d, stats)
+            else:
+                scale, decay, finite = self.leaf_scales(sc, s, log_mult, rms_a, rms_d, rms_p, jnp.ndim(p))
             update = -(scale * d) - decay * p
             finite = finite if jnp.size(g) else True  # an empty leaf has NaN RMSs and no update: no skip
             if adapts:
@@ -391,13 +387,16 @@ class NormedFC(LearnedOptimizer):
                 moved = moved + update
             else:
                 dot = l1 = jnp.zeros((), jnp.float32)
-            return (update, finite, dot, l1, *brake_terms, moved, acc, v, *ms)
+            return (update, finite, dot, l1, *brake_terms, moved, acc, stats, v, *ms)
 
         inner = state.inner
         moved, accs = (inner["moved"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
-        out = ft.map_unzip(leaf, 10 + k, grads, params, state.scales, moved, accs, inner["v"], *inner["m"])
-        updates, finite, dots, l1s, ga, gg, aa, moved, accs, v, ms = *out[:10], tuple(out[10:])
+        stats = inner["stats"] if lagged else grads  # a placeholder when not lagged
+        out = ft.map_unzip(leaf, 11 + k, grads, params, state.scales, moved, accs, stats, inner["v"], *inner["m"])
+        updates, finite, dots, l1s, ga, gg, aa, moved, accs, stats, v, ms = *out[:11], tuple(out[11:])
         new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(sc.loss_mean, loss, LOSS_DECAY)}
+        if lagged:
+            new_inner["stats"] = stats
         oks = jax.tree.leaves(finite)
         if self.brakes:
             ga, gg, aa = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (ga, gg, aa))
@@ -409,7 +408,10 @@ class NormedFC(LearnedOptimizer):
         if adapts:
             dot, l1 = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (dots, l1s))
             d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, sc.weight)
+            if lagged:  # known only after the pass: a non-finite estimate is not stored, and does not skip
+                d, num = jnp.where(d_finite, d, inner["d"]), jnp.where(d_finite, num, inner["num"])
+            else:
+                oks.append(d_finite)
             new_inner.update(moved=moved, s=accs, d=d, num=num)
-            oks.append(d_finite)
         ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
         return updates, new_inner, ok

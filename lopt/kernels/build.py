@@ -33,6 +33,7 @@ TARGETS = {
         "lopt_normed_fc_stats": "LoptNormedFcStats",
         "lopt_normed_fc_dnorm": "LoptNormedFcDNorm",
         "lopt_normed_fc_apply": "LoptNormedFcApply",
+        "lopt_normed_fc_step": "LoptNormedFcStep",
     },
 }
 COMPILE_TIMEOUT_S = 300

@@ -2,11 +2,14 @@
 //
 // XLA:CPU writes each output of the rule in its own loop and re-evaluates the
 // per-parameter network in every loop that needs it, so the rule reads each
-// parameter's data many times. These three kernels do the same arithmetic in
-// three passes, each reading a tensor once:
+// parameter's data many times. These kernels do the same arithmetic in as few
+// passes as the rule allows, each reading a tensor once. With this step's tensor
+// statistics (tensor_stats "current") that is three passes:
 //   stats:  sum a^2, sum p^2, max |g|, <g, moved>, ||s_new||_1     (before the network)
 //   dnorm:  sum d^2                                                 (d needs rms(a), rms(p))
 //   apply:  the update and every new accumulator, or the old ones when the step is skipped
+// With the previous step's statistics (tensor_stats "previous") it is one:
+//   step:   apply, which also sums a^2, p^2, d^2, <g, moved>, ||s_new||_1 for the next step
 // The scalars between the passes (RMSs, the step scale, the guard) are computed in JAX.
 //
 // Reductions are summed per block of kBlock elements in float and the block sums
@@ -128,11 +131,10 @@ inline void NewMomenta(const Consts<K, H>& c, const float* const* ms, int64_t i,
   for (int k = 0; k < K; ++k) m[k] = Ema(c.betas[k], ms[k][i], g);
 }
 
-// The corrected direction d for one element, from its new momenta m and second moment v.
+// The corrected direction d for one element, from Adam's direction a, its new momenta m and second moment v.
 template <int K, int H>
-inline float Direction(const Consts<K, H>& c, float g, const float* m, float v) {
+inline float Direction(const Consts<K, H>& c, float g, float a, const float* m, float v) {
   constexpr int F = 1 + K;
-  float a = AdamDirection(m[0], v, c.corr[0], c.corr_v, c.eps);
   float v_hat = v * c.corr_v;
   float rs = 1.0f / std::sqrt(v_hat + c.tiny);
   float feats[F];
@@ -213,7 +215,8 @@ ffi::Error DNorm(ffi::ThreadPool pool, const float* g, const float* v, const flo
         int64_t i = lo2 + j;
         float gi = g[i], m[K];
         NewMomenta(c, ms, i, gi, m);
-        float d = Direction<K, H>(c, gi, m, Ema(c.beta_v, v[i], gi * gi));
+        float vv = Ema(c.beta_v, v[i], gi * gi);
+        float d = Direction<K, H>(c, gi, AdamDirection(m[0], vv, c.corr[0], c.corr_v, c.eps), m, vv);
         sq[j] = d * d;
       }
 #pragma omp simd reduction(+ : sd)
@@ -227,12 +230,16 @@ ffi::Error DNorm(ffi::ThreadPool pool, const float* g, const float* v, const flo
   return ffi::Error::Success();
 }
 
-template <int K, int H, bool Adapts>
+// The step's outputs; with Sums, also the five sums the next step's statistics need
+// (out[0..4]: sum a^2, sum p^2, sum d^2, -<g, moved>, ||s_new||_1), summed per chunk
+// of kChunk elements held on the stack, so the elementwise loop keeps no reduction.
+template <int K, int H, bool Adapts, bool Sums>
 ffi::Error Apply(ffi::ThreadPool pool, const float* g, const float* p, const float* v, const float* moved,
                  const float* s, const float* const* ms, const float* consts, int64_t n, float* u,
-                 float* v_out, float* moved_out, float* s_out, float* const* ms_out) {
+                 float* v_out, float* moved_out, float* s_out, float* const* ms_out, float* sums) {
   const Consts<K, H> c(consts);
   int64_t nb = (n + kBlock - 1) / kBlock;
+  if (Sums) std::fill(sums, sums + 5, 0.0f);
   if (c.ok == 0.0f) {  // skipped step: zero update, accumulators unchanged
     ParallelBlocks(pool, nb, [&](int64_t b) {
       int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
@@ -248,24 +255,56 @@ ffi::Error Apply(ffi::ThreadPool pool, const float* g, const float* p, const flo
     return ffi::Error::Success();
   }
   const float scale = c.scale, decay = c.decay, dd = c.dist_decay, w = c.weight;
+  constexpr int kSums = Sums ? 5 : 0;
+  std::vector<float> part(static_cast<size_t>(nb) * kSums);
   ParallelBlocks(pool, nb, [&](int64_t b) {
     int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
-    LOPT_IVDEP
-    for (int64_t i = lo; i < hi; ++i) {
-      float gi = g[i], m[K];
-      NewMomenta(c, ms, i, gi, m);
-      float vv = Ema(c.beta_v, v[i], gi * gi);
-      float d = Direction<K, H>(c, gi, m, vv);
-      float up = -(scale * d) - decay * p[i];
-      u[i] = up;
-      v_out[i] = vv;
-      for (int k = 0; k < K; ++k) ms_out[k][i] = m[k];
-      if (Adapts) {
-        moved_out[i] = moved[i] + up;
-        s_out[i] = dd * s[i] + w * gi;
+    float sa = 0, sp = 0, sd = 0, dot = 0, l1 = 0;
+    for (int64_t lo2 = lo; lo2 < hi; lo2 += kChunk) {
+      int64_t n2 = std::min(kChunk, hi - lo2);
+      float qa[Sums ? kChunk : 1], qp[Sums ? kChunk : 1], qd[Sums ? kChunk : 1];
+      float qg[Sums ? kChunk : 1], ql[Sums ? kChunk : 1];
+      LOPT_IVDEP
+      for (int64_t j = 0; j < n2; ++j) {
+        int64_t i = lo2 + j;
+        float gi = g[i], m[K];
+        NewMomenta(c, ms, i, gi, m);
+        float vv = Ema(c.beta_v, v[i], gi * gi);
+        float a = AdamDirection(m[0], vv, c.corr[0], c.corr_v, c.eps);
+        float d = Direction<K, H>(c, gi, a, m, vv);
+        float pi = p[i];
+        float up = -(scale * d) - decay * pi;
+        u[i] = up;
+        v_out[i] = vv;
+        for (int k = 0; k < K; ++k) ms_out[k][i] = m[k];
+        float s_new = 0.0f, g_moved = 0.0f;
+        if (Adapts) {
+          g_moved = gi * moved[i];
+          moved_out[i] = moved[i] + up;
+          s_new = dd * s[i] + w * gi;
+          s_out[i] = s_new;
+        }
+        if (Sums) {
+          qa[j] = a * a, qp[j] = pi * pi, qd[j] = d * d;
+          qg[j] = g_moved, ql[j] = std::fabs(s_new);
+        }
+      }
+      if (Sums) {
+#pragma omp simd reduction(+ : sa, sp, sd, dot, l1)
+        for (int64_t j = 0; j < n2; ++j) sa += qa[j], sp += qp[j], sd += qd[j], dot += qg[j], l1 += ql[j];
       }
     }
+    if (Sums) {
+      float* q = &part[static_cast<size_t>(b) * kSums];
+      q[0] = sa, q[1] = sp, q[2] = sd, q[3] = dot, q[4] = l1;
+    }
   });
+  if (Sums) {
+    double t[5] = {0, 0, 0, 0, 0};
+    for (int64_t b = 0; b < nb; ++b)
+      for (int j = 0; j < 5; ++j) t[j] += part[static_cast<size_t>(b) * kSums + j];
+    for (int j = 0; j < 5; ++j) sums[j] = static_cast<float>(j == 3 ? -t[j] : t[j]);
+  }
   return ffi::Error::Success();
 }
 
@@ -337,31 +376,41 @@ ffi::Error DNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<
   LOPT_DISPATCH(k, h, (DNormChecked<K, H>(pool, g, v, c, rest, out->typed_data())))
 }
 
-template <int K, int H>
+template <int K, int H, bool Sums>
 ffi::Error ApplyChecked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> moved, ffi::Buffer<ffi::F32> s,
                         ffi::Buffer<ffi::F32> c, ffi::RemainingArgs& args, ffi::RemainingRets& rets, bool adapts) {
   if (!ConstsOk<K, H>(c)) return BadConsts();
-  // args: K momenta; rets: u, v, moved, s, then K momenta.
-  if (static_cast<int>(rets.size()) != 4 + K) return BadConsts();
+  // args: K momenta; rets: u, v, moved, s, then K momenta, then (with Sums) the five sums.
+  constexpr int kRets = 4 + K + (Sums ? 1 : 0);
+  if (static_cast<int>(rets.size()) != kRets) return BadConsts();
   const float* ms[K];
   if (ffi::Error e = Momenta<K>(args, ms); e.failure()) return e;
-  float* outs[4 + K];
-  for (int i = 0; i < 4 + K; ++i) {
+  float* outs[kRets];
+  for (int i = 0; i < kRets; ++i) {
     auto r = rets.get<ffi::Buffer<ffi::F32>>(i);
     if (r.has_error()) return r.error();
+    if (Sums && i == kRets - 1 && (*r)->element_count() != 5) return BadConsts();
     outs[i] = (*r)->typed_data();
   }
-  auto run = adapts ? Apply<K, H, true> : Apply<K, H, false>;
+  auto run = adapts ? Apply<K, H, true, Sums> : Apply<K, H, false, Sums>;
   return run(pool, g.typed_data(), p.typed_data(), v.typed_data(), moved.typed_data(), s.typed_data(), ms,
-             c.typed_data(), static_cast<int64_t>(g.element_count()), outs[0], outs[1], outs[2], outs[3], outs + 4);
+             c.typed_data(), static_cast<int64_t>(g.element_count()), outs[0], outs[1], outs[2], outs[3], outs + 4,
+             Sums ? outs[kRets - 1] : nullptr);
 }
 
 ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
                      ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> moved, ffi::Buffer<ffi::F32> s,
                      ffi::Buffer<ffi::F32> c, ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t k, int64_t h,
                      int64_t adapts) {
-  LOPT_DISPATCH(k, h, (ApplyChecked<K, H>(pool, g, p, v, moved, s, c, args, rets, adapts != 0)))
+  LOPT_DISPATCH(k, h, (ApplyChecked<K, H, false>(pool, g, p, v, moved, s, c, args, rets, adapts != 0)))
+}
+
+ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> moved, ffi::Buffer<ffi::F32> s,
+                    ffi::Buffer<ffi::F32> c, ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t k, int64_t h,
+                    int64_t adapts) {
+  LOPT_DISPATCH(k, h, (ApplyChecked<K, H, true>(pool, g, p, v, moved, s, c, args, rets, adapts != 0)))
 }
 
 }  // namespace
@@ -393,6 +442,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcDNorm, DNormImpl,
                                   .Attr<int64_t>("h"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcApply, ApplyImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("k")
+                                  .Attr<int64_t>("h")
+                                  .Attr<int64_t>("adapts"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcStep, StepImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
