@@ -441,32 +441,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcDNorm, DNormImpl,
                                   .Attr<int64_t>("k")
                                   .Attr<int64_t>("h"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcApply, ApplyImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("k")
-                                  .Attr<int64_t>("h")
-                                  .Attr<int64_t>("adapts"));
+// apply and step take the same arguments, attributes and results (step's last result is its sums).
+static auto ApplyBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attr<int64_t>("k")
+      .Attr<int64_t>("h")
+      .Attr<int64_t>("adapts");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcStep, StepImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("k")
-                                  .Attr<int64_t>("h")
-                                  .Attr<int64_t>("adapts"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcApply, ApplyImpl, ApplyBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcStep, StepImpl, ApplyBinding());
