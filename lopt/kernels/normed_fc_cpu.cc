@@ -399,18 +399,13 @@ ffi::Error ApplyChecked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buff
              Sums ? outs[kRets - 1] : nullptr);
 }
 
+// apply (Sums false) and step (Sums true, the one pass of tensor_stats "previous").
+template <bool Sums>
 ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
                      ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> moved, ffi::Buffer<ffi::F32> s,
                      ffi::Buffer<ffi::F32> c, ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t k, int64_t h,
                      int64_t adapts) {
-  LOPT_DISPATCH(k, h, (ApplyChecked<K, H, false>(pool, g, p, v, moved, s, c, args, rets, adapts != 0)))
-}
-
-ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
-                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> moved, ffi::Buffer<ffi::F32> s,
-                    ffi::Buffer<ffi::F32> c, ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t k, int64_t h,
-                    int64_t adapts) {
-  LOPT_DISPATCH(k, h, (ApplyChecked<K, H, true>(pool, g, p, v, moved, s, c, args, rets, adapts != 0)))
+  LOPT_DISPATCH(k, h, (ApplyChecked<K, H, Sums>(pool, g, p, v, moved, s, c, args, rets, adapts != 0)))
 }
 
 }  // namespace
@@ -458,6 +453,6 @@ static auto ApplyBinding() {
       .Attr<int64_t>("adapts");
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcApply, ApplyImpl, ApplyBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcApply, ApplyImpl<false>, ApplyBinding());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcStep, StepImpl, ApplyBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptNormedFcStep, ApplyImpl<true>, ApplyBinding());
