@@ -79,7 +79,8 @@ import jax.numpy as jnp
 from lopt import distance
 from lopt import features as ft
 from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, TENSOR_STATS, TINY_RMS,  # noqa: F401
-                                                   StepScalars, bounded, initial_stats, next_stats, rms)
+                                                   StepScalars, bounded, initial_stats, next_distance, next_stats,
+                                                   rms)
 from lopt.base import LearnedOptimizer, OptimizerError, OptState
 
 @dataclasses.dataclass(frozen=True)
@@ -375,11 +376,11 @@ class NormedFC(LearnedOptimizer):
             net = sum(mp["out"][j] * x for j, x in enumerate(h2))
             d = a + (net - centre)
             rms_d = rms(d)
-            if lagged:  # the guard uses only what is known before the pass (normed_fc_scalars)
-                scale, decay, finite = self.leaf_scales(sc, s, log_mult, used_a, stats[2], used_p, jnp.ndim(p))
+            # Lagged, the guard uses only what is known before the pass (normed_fc_scalars).
+            used_d = stats[2] if lagged else rms_d
+            scale, decay, finite = self.leaf_scales(sc, s, log_mult, used_a, used_d, used_p, jnp.ndim(p))
+            if lagged:
                 stats = next_stats(rms_a, rms_p, rms_d, stats)
-            else:
-                scale, decay, finite = self.leaf_scales(sc, s, log_mult, rms_a, rms_d, rms_p, jnp.ndim(p))
             update = -(scale * d) - decay * p
             finite = finite if jnp.size(g) else True  # an empty leaf has NaN RMSs and no update: no skip
             if adapts:
@@ -407,11 +408,8 @@ class NormedFC(LearnedOptimizer):
             oks.append(jnp.isfinite(brake))
         if adapts:
             dot, l1 = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (dots, l1s))
-            d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, self.distance_decay, sc.weight)
-            if lagged:  # known only after the pass: a non-finite estimate is not stored, and does not skip
-                d, num = jnp.where(d_finite, d, inner["d"]), jnp.where(d_finite, num, inner["num"])
-            else:
-                oks.append(d_finite)
+            d, num, d_finite = next_distance(lagged, inner, dot, l1, self.distance_decay, sc.weight)
+            oks.append(d_finite)
             new_inner.update(moved=moved, s=accs, d=d, num=num)
         ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
         return updates, new_inner, ok

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lopt import distance
+
 LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
 STEP_LOW, STEP_HIGH = math.log(0.01), math.log(10.0)  # bounds of the learned log step multiplier
 PARAM_RMS_FLOOR = 1e-3  # log rms(p) feature uses max(rms(p), this)
@@ -81,3 +83,17 @@ def next_stats(rms_a: jax.Array, rms_p: jax.Array, rms_d: jax.Array, old: jax.Ar
     """This step's statistics to store for the next one; any that is not finite keeps its old value."""
     new = jnp.stack([rms_a, rms_p, rms_d])
     return jnp.where(jnp.isfinite(new), new, old)
+
+
+def next_distance(lagged: bool, inner: dict, dot: jax.Array, l1: jax.Array, decay: float, weight: jax.Array):
+    """``(d, num, finite)``: the D estimate after this step (:func:`lopt.distance.next_estimate`) and whether
+    the guard should let the step through.
+
+    With this step's statistics a non-finite estimate skips the step. With the
+    previous step's the guard is decided before the pass, so a non-finite
+    estimate is not stored (the old one is kept) and ``finite`` is True.
+    """
+    d, num, finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, decay, weight)
+    if not lagged:
+        return d, num, finite
+    return jnp.where(finite, d, inner["d"]), jnp.where(finite, num, inner["num"]), jnp.asarray(True)

@@ -40,10 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt import distance
 from lopt import features as ft
 from lopt.architectures.normed_fc import NormedFC
-from lopt.architectures.normed_fc_scalars import LOSS_DECAY, next_stats, rms_from_sum
+from lopt.architectures.normed_fc_scalars import LOSS_DECAY, next_distance, next_stats, rms_from_sum
 from lopt.base import MAX_GRADIENT, OptState, gradients_bounded, tree_all_finite
 from lopt.kernels import build
 
@@ -209,7 +208,7 @@ def _three_passes(step: _Step):
     if step.adapts:
         dot = sum([st[3] for st in present], zero)
         l1 = sum([st[4] for st in present], zero)
-        d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, arch.distance_decay, sc.weight)
+        d, num, d_finite = next_distance(arch.lagged, inner, dot, l1, arch.distance_decay, sc.weight)
         oks.append(d_finite)
         others.update(d=d, num=num)
     ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
@@ -269,6 +268,5 @@ def _one_pass(step: _Step):
         zero = jnp.zeros((), jnp.float32)
         dot = sum([t[3] for t in sums], zero)
         l1 = sum([t[4] for t in sums], zero)
-        d, num, d_finite = distance.next_estimate(inner["d"], inner["num"], dot, l1, arch.distance_decay, sc.weight)
-        d, num = jnp.where(d_finite, d, inner["d"]), jnp.where(d_finite, num, inner["num"])
+        d, num, _ = next_distance(arch.lagged, inner, dot, l1, arch.distance_decay, sc.weight)  # finite: True
     return step.finish(ok, *_collect(step, outs), d=d, num=num, stats=new_stats)
