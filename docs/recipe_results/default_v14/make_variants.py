@@ -1,0 +1,34 @@
+"""The v14 round's variants of the shipped v13: one prior hyperparameter or the learned decay changed, tensors kept.
+
+    python docs/recipe_results/default_v14/make_variants.py OUT_DIR
+"""
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+
+import lopt
+
+out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+out.mkdir(parents=True, exist_ok=True)
+v13 = lopt.pretrained("default_v13")
+
+
+def save(name, arch=None, wd_factor=1.0):
+    mp = dict(v13.meta_params)
+    if wd_factor != 1.0:  # the learned decoupled decay, scaled (0: off)
+        mp["log_wd"] = jnp.asarray(mp["log_wd"] + (math.log(wd_factor) if wd_factor > 0 else -30.0), jnp.float32)
+    lopt.TrainedOptimizer(arch or v13.arch, mp, v13.metadata).save(out / f"{name}.safetensors")
+
+
+save("lr05", dataclasses.replace(v13.arch, learning_rate=0.05))  # peak sqrt(0.05 D): 0.71x v13's
+save("lr025", dataclasses.replace(v13.arch, learning_rate=0.025))  # peak sqrt(0.025 D): 0.5x
+save("exp075", dataclasses.replace(v13.arch, distance_exponent=0.75))
+save("wd0", wd_factor=0.0)
+save("wd3", wd_factor=3.0)
+save("wd03", wd_factor=0.3)
+save("lr05_wd141", dataclasses.replace(v13.arch, learning_rate=0.05), wd_factor=2 ** 0.5)  # same decay per step
+save("lr025_wd2", dataclasses.replace(v13.arch, learning_rate=0.025), wd_factor=2.0)
