@@ -60,7 +60,7 @@ def learned_txs(num_steps: int, architectures: list[str] | None = None) -> dict[
     ``pretrained:NAME`` is a shipped optimizer with its own options (the
     ``default`` one turns on the schedule and centering, which cost time);
     without a selection every architecture and ``pretrained:default`` are
-    measured. A suffix ``@xla``, ``@cpu`` or ``@auto`` picks the update's
+    measured. A suffix ``@xla``, ``@cpu``, ``@pallas`` or ``@auto`` picks the update's
     implementation (``as_optax``'s ``kernel``, :mod:`lopt.kernels`); without
     one it is ``auto``, what users get.
     """

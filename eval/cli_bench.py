@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--architectures",
         default=None,
-        help="comma-separated architectures, or pretrained:NAME for a shipped optimizer; a suffix @xla, @cpu "
-        "or @auto picks the update's implementation (default @auto; see lopt.kernels) "
+        help="comma-separated architectures, or pretrained:NAME for a shipped optimizer; a suffix @xla, @cpu, "
+        "@pallas or @auto picks the update's implementation (default @auto; see lopt.kernels) "
         "(default: all architectures and pretrained:default)",
     )
     parser.add_argument("--steps", type=int, default=None, help="steps per timed scan (default 1000; quick 50)")

@@ -47,8 +47,9 @@ def as_optax(
 
     ``update_scales`` is an optional pytree like the params of per-leaf float
     multipliers applied to each leaf's update (the muP mode); default all ones.
-    ``kernel`` picks how the update runs: ``"xla"``, the fused ``"cpu"`` kernel,
-    or ``"auto"`` (the kernel on large single-device CPU models; :mod:`lopt.kernels`).
+    ``kernel`` picks how the update runs: ``"xla"``, the fused ``"cpu"`` kernel, the
+    ``"pallas"`` kernel (GPUs), or ``"auto"`` (the CPU kernel on large single-device CPU
+    models; :mod:`lopt.kernels`).
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, jnp.integer)) or int(num_steps) < 1:
         raise OptimizerError(f"num_steps must be a positive integer (the planned run length), got {num_steps!r}")
@@ -65,10 +66,9 @@ def as_optax(
             raise OptimizerError(
                 f"learned optimizer {arch.arch!r} needs the parameters: call tx.update(grads, state, params)"
             )
-        if kernels.use_cpu_kernel(kernel, arch, params):
-            from lopt.kernels import normed_fc_cpu
-
-            return normed_fc_cpu.update(arch, meta_params, state, updates, params, value)
+        fused = kernels.fused_update(kernel, arch, params)
+        if fused is not None:
+            return fused(arch, meta_params, state, updates, params, value)
         return arch.update(meta_params, state, updates, params, value)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -60,7 +60,8 @@ update into a few loops per tensor (two reductions per tensor: ``rms(a)`` and
 :meth:`NormedFC.checked_update`) and the accumulators are written once, with
 the skip folded in (:meth:`NormedFC.commit_inner`). On large single-device CPU
 models the deployed update runs through hand-fused kernels instead
-(:mod:`lopt.kernels.normed_fc_cpu`), which share this class's scalar code
+(:mod:`lopt.kernels.normed_fc_cpu`; on GPUs, on request, a Pallas kernel:
+:mod:`lopt.kernels.normed_fc_pallas`), which share this class's scalar code
 (:meth:`NormedFC.step_scalars`, :meth:`NormedFC.tensor_terms`, :meth:`NormedFC.leaf_scales`).
 With ``tensor_stats="previous"`` the three per-tensor statistics come from the
 previous step, which makes the update one pass over each tensor instead of
@@ -295,9 +296,9 @@ class NormedFC(LearnedOptimizer):
         return kept
 
     # ---------------------------------------------------------------- the rule's scalars
-    # Written once for both implementations of the update: the XLA one below and
-    # the fused CPU kernels (lopt.kernels.normed_fc_cpu), which differ only in how
-    # they pass over the tensors.
+    # Written once for every implementation of the update: the XLA one below and
+    # the fused kernels (lopt.kernels.normed_fc_fused and its CPU and Pallas
+    # kernels), which differ only in how they pass over the tensors.
     def step_scalars(self, meta_params, state: OptState, loss: jax.Array) -> StepScalars:
         """This step's scalars shared by every tensor: decays, bias corrections, loss feature, rates."""
         mp = meta_params

@@ -1,7 +1,7 @@
 """The per-step and per-tensor scalars of ``normed_fc`` (:mod:`lopt.architectures.normed_fc`).
 
-Kept apart from the rule so that both implementations of its update (XLA's and
-the fused CPU kernels of :mod:`lopt.kernels.normed_fc_cpu`) share one definition.
+Kept apart from the rule so that every implementation of its update (XLA's and
+the fused kernels of :mod:`lopt.kernels.normed_fc_fused`) shares one definition.
 
 **Which step's tensor statistics** (``tensor_stats``). Three per-tensor
 statistics enter the update: ``rms(a)`` and ``rms(p)`` feed the per-parameter

@@ -7,6 +7,11 @@
 * ``"cpu"``: a hand-fused C++ kernel (:mod:`lopt.kernels.normed_fc_cpu`), for
   ``normed_fc`` on CPU; an :class:`~lopt.base.OptimizerError` says why when it
   cannot run;
+* ``"pallas"``: a Pallas kernel (:mod:`lopt.kernels.normed_fc_pallas`) of
+  ``normed_fc``'s one-pass update (``tensor_stats="previous"``, the shipped
+  ``default``), compiled for GPUs by Pallas's Triton backend and interpreted
+  elsewhere (correct but slow: for tests). ``"auto"`` does not pick it yet:
+  its speed on a GPU has not been measured (BENCHMARKS.md);
 * ``"auto"`` (the default): the kernel where it pays and is safe, else XLA.
   That is: the architecture is one the kernel implements, JAX runs on a single
   CPU device (so parameters cannot be sharded: a custom call does not
@@ -27,13 +32,13 @@ every step and every run on one machine.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
 from lopt.base import OptimizerError
 
-KERNELS = ("auto", "xla", "cpu")
+KERNELS = ("auto", "xla", "cpu", "pallas")
 AUTO_MIN_PARAMS = 1 << 20  # "auto" uses a kernel on models of at least this many parameters
 
 
@@ -48,9 +53,29 @@ def _num_params(params: Any) -> int:
     return sum(int(getattr(x, "size", 1)) for x in jax.tree.leaves(params))
 
 
+def fused_update(kernel: str, arch: Any, params: Any) -> Callable | None:
+    """The kernel update ``kernel`` picks for ``arch`` on ``params``, or None for the architecture's XLA update.
+
+    The returned function has the signature of ``arch.update`` with the meta-parameters first:
+    ``(arch, meta_params, state, grads, params, loss)``.
+    """
+    if kernel == "pallas":
+        from lopt.kernels import normed_fc_pallas
+
+        why = normed_fc_pallas.unsupported(arch)
+        if why:
+            raise OptimizerError(f"kernel='pallas': {why}")
+        return normed_fc_pallas.update
+    if use_cpu_kernel(kernel, arch, params):
+        from lopt.kernels import normed_fc_cpu
+
+        return normed_fc_cpu.update
+    return None
+
+
 def use_cpu_kernel(kernel: str, arch: Any, params: Any) -> bool:
     """Whether this update of ``arch`` on ``params`` runs through the fused CPU kernel (see the module docstring)."""
-    if kernel == "xla":
+    if kernel in ("xla", "pallas"):
         return False
     from lopt.kernels import build, normed_fc_cpu
 

@@ -1,0 +1,137 @@
+"""The Pallas kernel of ``normed_fc``'s one-pass update, run by Pallas's interpreter on CPU: the same rule and
+guard as the XLA update, clear errors where it does not apply, and never picked by ``"auto"``."""
+
+import _kernel_cases as K
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lopt
+from lopt import architectures
+from lopt.base import OptimizerError
+from lopt.kernels import normed_fc_pallas
+
+
+def _fresh(seed, **hyper):
+    arch = architectures.get("normed_fc", tensor_stats="previous", **hyper)
+    return lopt.TrainedOptimizer(arch, arch.init_meta_params(jax.random.PRNGKey(seed)), {})
+
+
+CASES = {
+    "shipped default (2 momenta, distance step)": lambda: lopt.pretrained("default"),
+    "fresh normed_fc, 3 momenta, fixed step, decay on matrices": lambda: _fresh(1, decay_min_ndim=2),
+    "hidden 8, 1 momentum, distance": lambda: _fresh(2, hidden=8, momentum_decays=[0.8], step_size="distance"),
+    # Every meta-parameter away from its initial value (the output weights and step scale start at zero),
+    # so each weight of the per-parameter network and of the step scale matters.
+    "fresh normed_fc, 3 momenta, distance, perturbed": lambda: _perturbed(3, step_size="distance"),
+}
+
+
+def _perturbed(seed, **hyper):
+    opt = _fresh(seed, **hyper)
+    leaves, treedef = jax.tree.flatten(opt.meta_params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 100), len(leaves))
+    noisy = [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return lopt.TrainedOptimizer(opt.arch, jax.tree.unflatten(treedef, noisy), {})
+
+
+def test_the_shipped_default_is_the_one_pass_rule():
+    assert normed_fc_pallas.unsupported(lopt.pretrained("default").arch) is None
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_pallas_kernel_matches_the_xla_update(case):
+    opt = CASES[case]()
+    params = K.params()
+    xla = K.run(opt.as_optax(40, kernel="xla"), params)
+    pallas = K.run(opt.as_optax(40, kernel="pallas"), params)
+    K.close(xla[2], pallas[2])  # every step's updates
+    K.close(xla[1], pallas[1])  # accumulators, statistics, D estimate, counters
+    K.close(xla[0], pallas[0])
+
+
+def test_pallas_kernel_covers_tensors_across_blocks():
+    """Tensors larger than one block, and one that ends mid-block: the masked tail must neither add nor move."""
+    opt = lopt.pretrained("default")
+    params = {"big": jax.random.normal(jax.random.PRNGKey(5), (3 * normed_fc_pallas.BLOCK + 77,)) * 0.2,
+              "exact": jnp.ones((2, normed_fc_pallas.BLOCK)) * 0.1}
+    xla = K.run(opt.as_optax(20, kernel="xla"), params, steps=5)
+    pallas = K.run(opt.as_optax(20, kernel="pallas"), params, steps=5)
+    K.close(xla[2], pallas[2])
+    K.close(xla[1], pallas[1])
+
+
+def test_pallas_kernel_update_scales_and_bfloat16_params():
+    opt = lopt.pretrained("default")
+    params = K.params(jnp.bfloat16)
+    scales = {"w": 0.5, "b": 2.0, "conv": 1.0, "gain": 0.25, "empty": 1.0}
+    xla = K.run(opt.as_optax(30, update_scales=scales, kernel="xla"), params, steps=6)
+    pallas = K.run(opt.as_optax(30, update_scales=scales, kernel="pallas"), params, steps=6)
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(pallas[2][-1]))
+    K.close(xla[1], pallas[1], rtol=2e-3)
+    K.close(xla[2], pallas[2], rtol=2e-2)  # bfloat16 updates: one rounding of 2^-8
+
+
+@pytest.mark.parametrize("bad", ["nan", "huge"])
+def test_pallas_kernel_skips_the_same_steps(bad):
+    opt = lopt.pretrained("default")
+    params = K.params()
+    xla = K.run(opt.as_optax(40, kernel="xla"), params, steps=6, bad=(bad, 3))
+    pallas = K.run(opt.as_optax(40, kernel="pallas"), params, steps=6, bad=(bad, 3))
+    assert int(pallas[1].skipped) == int(xla[1].skipped) == 1 and int(pallas[1].step) == 5
+    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(pallas[2][3]) if u.size)
+    K.close(xla[1], pallas[1])
+    K.close(xla[0], pallas[0])
+
+
+def test_skipped_step_keeps_the_accumulators_exactly():
+    tx = lopt.pretrained("default").as_optax(40, kernel="pallas")
+    params = K.params()
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=1.0))
+    _, state = update(K.grads(params, 0), tx.init(params), params)
+    _, after = update(K.grads(params, 1, nan=True), state, params)
+    for x, y in zip(jax.tree.leaves(state.inner), jax.tree.leaves(after.inner)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert int(after.skipped) == 1
+
+
+def _uses_pallas(tx, params) -> bool:
+    state = jax.eval_shape(tx.init, params)
+    jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, value=1.0))(params, state, params)
+    return "lopt_normed_fc_pallas_step" in str(jaxpr)
+
+
+def test_only_an_explicit_choice_runs_the_pallas_kernel():
+    opt = lopt.pretrained("default")
+    large = {"w": jax.ShapeDtypeStruct((1024, 1024), jnp.float32)}
+    assert _uses_pallas(opt.as_optax(10, kernel="pallas"), K.params())
+    assert not _uses_pallas(opt.as_optax(10), large)  # "auto": unmeasured on GPUs, so never picked yet
+    assert not _uses_pallas(opt.as_optax(10, kernel="xla"), K.params())
+
+
+def test_where_the_pallas_kernel_does_not_apply_the_error_says_why():
+    params = K.params()
+    current = architectures.get("normed_fc", tensor_stats="current")
+    braked = architectures.get("normed_fc", tensor_stats="previous", brake_rate=0.1)
+    fc = architectures.get("small_fc")
+    for arch, why in [(current, "previous step's tensor statistics"), (braked, "brake"), (fc, "normed_fc only")]:
+        tx = lopt.as_optax(arch, arch.init_meta_params(jax.random.PRNGKey(0)), 10, kernel="pallas")
+        with pytest.raises(OptimizerError, match=why):
+            tx.update(params, tx.init(params), params)
+
+
+def test_the_kernel_lowers_for_gpus_through_triton(monkeypatch):
+    """No GPU here, but Pallas's Triton lowering runs on any host: what it rejects (block shapes, operations) fails
+    here, and each tensor's update becomes one Triton kernel (compiling that to GPU code needs a GPU)."""
+    from jax import export
+
+    monkeypatch.setattr(normed_fc_pallas, "interpreted", lambda: False)
+    tx = lopt.pretrained("default").as_optax(100, kernel="pallas")
+    params = K.params()
+    fn = jax.jit(lambda g, s, p: tx.update(g, s, p, value=1.0))
+    triton = "__gpu$xla.gpu.triton"
+    exported = export.export(fn, platforms=["cuda"], disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)])
+    module = exported(params, jax.eval_shape(tx.init, params), params).mlir_module()
+    nonempty = sum(1 for p in jax.tree.leaves(params) if p.size)
+    assert module.count(f"stablehlo.custom_call @{triton}") == nonempty
