@@ -4,7 +4,6 @@ guard as the XLA update, clear errors where it does not apply, and never picked 
 import _kernel_cases as K
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import lopt
@@ -42,13 +41,7 @@ def test_the_shipped_default_is_the_one_pass_rule():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_pallas_kernel_matches_the_xla_update(case):
-    opt = CASES[case]()
-    params = K.params()
-    xla = K.run(opt.as_optax(40, kernel="xla"), params)
-    pallas = K.run(opt.as_optax(40, kernel="pallas"), params)
-    K.close(xla[2], pallas[2])  # every step's updates
-    K.close(xla[1], pallas[1])  # accumulators, statistics, D estimate, counters
-    K.close(xla[0], pallas[0])
+    K.assert_like_xla(CASES[case](), "pallas", K.params())
 
 
 def test_pallas_kernel_covers_tensors_across_blocks():
@@ -56,50 +49,24 @@ def test_pallas_kernel_covers_tensors_across_blocks():
     opt = lopt.pretrained("default")
     params = {"big": jax.random.normal(jax.random.PRNGKey(5), (3 * normed_fc_pallas.BLOCK + 77,)) * 0.2,
               "exact": jnp.ones((2, normed_fc_pallas.BLOCK)) * 0.1}
-    xla = K.run(opt.as_optax(20, kernel="xla"), params, steps=5)
-    pallas = K.run(opt.as_optax(20, kernel="pallas"), params, steps=5)
-    K.close(xla[2], pallas[2])
-    K.close(xla[1], pallas[1])
+    K.assert_like_xla(opt, "pallas", params, steps=5, num_steps=20)
 
 
 def test_pallas_kernel_update_scales_and_bfloat16_params():
-    opt = lopt.pretrained("default")
-    params = K.params(jnp.bfloat16)
-    scales = {"w": 0.5, "b": 2.0, "conv": 1.0, "gain": 0.25, "empty": 1.0}
-    xla = K.run(opt.as_optax(30, update_scales=scales, kernel="xla"), params, steps=6)
-    pallas = K.run(opt.as_optax(30, update_scales=scales, kernel="pallas"), params, steps=6)
-    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(pallas[2][-1]))
-    K.close(xla[1], pallas[1], rtol=2e-3)
-    K.close(xla[2], pallas[2], rtol=2e-2)  # bfloat16 updates: one rounding of 2^-8
+    K.assert_scaled_bfloat16_like_xla("pallas")
 
 
 @pytest.mark.parametrize("bad", ["nan", "huge"])
 def test_pallas_kernel_skips_the_same_steps(bad):
-    opt = lopt.pretrained("default")
-    params = K.params()
-    xla = K.run(opt.as_optax(40, kernel="xla"), params, steps=6, bad=(bad, 3))
-    pallas = K.run(opt.as_optax(40, kernel="pallas"), params, steps=6, bad=(bad, 3))
-    assert int(pallas[1].skipped) == int(xla[1].skipped) == 1 and int(pallas[1].step) == 5
-    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(pallas[2][3]) if u.size)
-    K.close(xla[1], pallas[1])
-    K.close(xla[0], pallas[0])
+    K.assert_skips_like_xla(lopt.pretrained("default"), "pallas", bad)
 
 
 def test_skipped_step_keeps_the_accumulators_exactly():
-    tx = lopt.pretrained("default").as_optax(40, kernel="pallas")
-    params = K.params()
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=1.0))
-    _, state = update(K.grads(params, 0), tx.init(params), params)
-    _, after = update(K.grads(params, 1, nan=True), state, params)
-    for x, y in zip(jax.tree.leaves(state.inner), jax.tree.leaves(after.inner)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert int(after.skipped) == 1
+    K.assert_skip_keeps_the_accumulators_exactly("pallas")
 
 
 def _uses_pallas(tx, params) -> bool:
-    state = jax.eval_shape(tx.init, params)
-    jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, value=1.0))(params, state, params)
-    return "lopt_normed_fc_pallas_step" in str(jaxpr)
+    return "lopt_normed_fc_pallas_step" in K.update_jaxpr(tx, params)
 
 
 def test_only_an_explicit_choice_runs_the_pallas_kernel():

@@ -3,7 +3,6 @@
 import _kernel_cases as K
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import lopt
@@ -21,8 +20,9 @@ def _kernel_built():
 
 
 CASES = {
-    "shipped default (2 momenta, distance step)": lambda: lopt.pretrained("default"),
-    "shipped default, previous step's statistics (one pass)": lambda: K.lagged(lopt.pretrained("default")),
+    "shipped default_v12 (2 momenta, distance step, this step's statistics: three passes)":
+        lambda: lopt.pretrained("default_v12"),
+    "shipped default (v13: previous step's statistics, one pass)": lambda: lopt.pretrained("default"),
     "fresh normed_fc, 3 momenta, previous step's statistics": lambda: K.lagged(lopt.TrainedOptimizer(
         a := architectures.get("normed_fc"), a.init_meta_params(jax.random.PRNGKey(3)), {})),
     "fresh normed_fc (3 momenta, fixed step, decay on matrices)": lambda: lopt.TrainedOptimizer(
@@ -35,56 +35,26 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_kernel_matches_the_xla_update(case):
-    opt = CASES[case]()
-    params = K.params()
-    xla = K.run(opt.as_optax(40, kernel="xla"), params)
-    cpu = K.run(opt.as_optax(40, kernel="cpu"), params)
-    K.close(xla[2], cpu[2])  # every step's updates
-    K.close(xla[1], cpu[1])  # accumulators, D estimate, counters
-    K.close(xla[0], cpu[0])
+    K.assert_like_xla(CASES[case](), "cpu", K.params())
 
 
 def test_kernel_update_scales_and_bfloat16_params():
-    opt = lopt.pretrained("default")
-    params = K.params(jnp.bfloat16)
-    scales = {"w": 0.5, "b": 2.0, "conv": 1.0, "gain": 0.25, "empty": 1.0}
-    xla = K.run(opt.as_optax(30, update_scales=scales, kernel="xla"), params, steps=6)
-    cpu = K.run(opt.as_optax(30, update_scales=scales, kernel="cpu"), params, steps=6)
-    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(cpu[2][-1]))
-    K.close(xla[1], cpu[1], rtol=2e-3)
-    K.close(xla[2], cpu[2], rtol=2e-2)  # bfloat16 updates: one rounding of 2^-8
+    K.assert_scaled_bfloat16_like_xla("cpu")
 
 
 @pytest.mark.parametrize("lagged", [False, True])
 @pytest.mark.parametrize("bad", ["nan", "huge"])
 def test_kernel_skips_the_same_steps(bad, lagged):
-    opt = K.lagged(lopt.pretrained("default")) if lagged else lopt.pretrained("default")
-    params = K.params()
-    xla = K.run(opt.as_optax(40, kernel="xla"), params, steps=6, bad=(bad, 3))
-    cpu = K.run(opt.as_optax(40, kernel="cpu"), params, steps=6, bad=(bad, 3))
-    assert int(cpu[1].skipped) == int(xla[1].skipped) == 1 and int(cpu[1].step) == 5
-    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(cpu[2][3]) if u.size)
-    K.close(xla[1], cpu[1])
-    K.close(xla[0], cpu[0])
+    opt = lopt.pretrained("default_v12")
+    K.assert_skips_like_xla(K.lagged(opt) if lagged else opt, "cpu", bad)
 
 
 def test_skipped_step_keeps_the_accumulators_exactly():
-    opt = lopt.pretrained("default")
-    params = K.params()
-    tx = opt.as_optax(40, kernel="cpu")
-    state = tx.init(params)
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=1.0))
-    _, state = update(K.grads(params, 0), state, params)
-    _, after = update(K.grads(params, 1, nan=True), state, params)
-    for x, y in zip(jax.tree.leaves(state.inner), jax.tree.leaves(after.inner)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert int(after.skipped) == 1
+    K.assert_skip_keeps_the_accumulators_exactly("cpu")
 
 
 def _uses_kernel(tx, params) -> bool:
-    state = jax.eval_shape(tx.init, params)
-    jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, value=1.0))(params, state, params)
-    return "lopt_normed_fc" in str(jaxpr)
+    return "lopt_normed_fc" in K.update_jaxpr(tx, params)
 
 
 def test_auto_uses_the_kernel_on_large_single_device_cpu_models_only():

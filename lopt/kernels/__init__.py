@@ -10,8 +10,10 @@
 * ``"pallas"``: a Pallas kernel (:mod:`lopt.kernels.normed_fc_pallas`) of
   ``normed_fc``'s one-pass update (``tensor_stats="previous"``, the shipped
   ``default``), compiled for GPUs by Pallas's Triton backend and interpreted
-  elsewhere (correct but slow: for tests). ``"auto"`` does not pick it yet:
-  its speed on a GPU has not been measured (BENCHMARKS.md);
+  elsewhere (correct but slow: for tests). Like the CPU kernel it is a custom
+  call, which XLA does not partition: use it with parameters on one device.
+  ``"auto"`` does not pick it yet: its speed on a GPU has not been measured
+  (BENCHMARKS.md);
 * ``"auto"`` (the default): the kernel where it pays and is safe, else XLA.
   That is: the architecture is one the kernel implements, JAX runs on a single
   CPU device (so parameters cannot be sharded: a custom call does not
