@@ -44,7 +44,9 @@ here the step size is not something the per-parameter network can set freely:
   held per step, it becomes an ever smaller fraction of a longer run and holds
   the training loss up (a plateau). At ``e = 1`` the decay's total over the run
   stays what it was on an ``H``-step run; ``e = 0.5`` goes half way in log space.
-  Runs of at most ``H`` steps are unchanged.
+  Runs of at most ``H`` steps are unchanged. Likewise ``lr_horizon`` scales the
+  gradient step (not the decay) of longer runs: the best peak rate falls as
+  the planned run grows (arXiv 2409.19913).
 
 So a *fresh* ``normed_fc`` (output layer and step weights at zero) is AdamW
 with warm-up + cosine at ``learning_rate`` (1e-3 by default), update for
@@ -80,8 +82,8 @@ import jax.numpy as jnp
 from lopt import distance
 from lopt import features as ft
 from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, TENSOR_STATS, TINY_RMS,  # noqa: F401
-                                                   StepScalars, bounded, initial_stats, next_distance, next_stats,
-                                                   rms)
+                                                   StepScalars, bounded, horizon_factor, initial_stats, next_distance,
+                                                   next_stats, rms)
 from lopt.base import LearnedOptimizer, OptimizerError, OptState
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +120,10 @@ class NormedFC(LearnedOptimizer):
     # (0: never; exponent 1 keeps the decay's total over the run, 0 keeps its per-step rate).
     decay_horizon: int = 0
     decay_horizon_exponent: float = 1.0
+    # Runs planned longer than this many steps scale the gradient step (not the decay) by
+    # (lr_horizon / num_steps)**lr_horizon_exponent (0: never).
+    lr_horizon: int = 0
+    lr_horizon_exponent: float = 0.5
     # Whose per-tensor statistics (rms(a), rms(p), rms(d)) the update uses: this step's ("current": three
     # dependent passes over every tensor) or the previous applied step's ("previous": one pass). See
     # lopt.architectures.normed_fc_scalars.
@@ -140,10 +146,12 @@ class NormedFC(LearnedOptimizer):
             raise OptimizerError(f"normed_fc: distance_exponent must be in [0, 1], got {self.distance_exponent}")
         if not self.brake_rate >= 0.0 or not 0.0 < self.brake_floor <= 1.0:
             raise OptimizerError("normed_fc: brake_rate must be >= 0 and brake_floor in (0, 1]")
-        if isinstance(self.decay_horizon, bool) or not isinstance(self.decay_horizon, int) or self.decay_horizon < 0:
-            raise OptimizerError(f"normed_fc: decay_horizon must be an integer >= 0, got {self.decay_horizon!r}")
-        if not 0.0 <= self.decay_horizon_exponent <= 1.0:
-            raise OptimizerError(f"normed_fc: decay_horizon_exponent must be in [0, 1], got {self.decay_horizon_exponent}")
+        for name in ("decay_horizon", "lr_horizon"):
+            horizon, exponent = getattr(self, name), getattr(self, f"{name}_exponent")
+            if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
+                raise OptimizerError(f"normed_fc: {name} must be an integer >= 0, got {horizon!r}")
+            if not 0.0 <= exponent <= 1.0:
+                raise OptimizerError(f"normed_fc: {name}_exponent must be in [0, 1], got {exponent}")
         if self.tensor_stats not in TENSOR_STATS:
             raise OptimizerError(f"normed_fc: tensor_stats must be one of {TENSOR_STATS}, got {self.tensor_stats!r}")
 
@@ -246,9 +254,7 @@ class NormedFC(LearnedOptimizer):
         wd = jnp.exp(log_wd)
         if not self.decay_horizon:
             return wd
-        n = jnp.maximum(num_steps.astype(jnp.float32), 1.0)
-        factor = jnp.minimum(1.0, self.decay_horizon / n)
-        return wd * (factor if self.decay_horizon_exponent == 1.0 else factor ** self.decay_horizon_exponent)
+        return wd * horizon_factor(num_steps, self.decay_horizon, self.decay_horizon_exponent)
 
     def _distance_weight(self, d: jax.Array, lr: jax.Array) -> jax.Array:
         """The D estimate's weight for a step taken at learning rate ``lr`` (this step's :meth:`step_lr`)."""
@@ -319,6 +325,8 @@ class NormedFC(LearnedOptimizer):
         n_step = self.num_step_features
         bias_step = mp["layer1"]["b"] + step_feats @ mp["layer1"]["w_tensor"][:n_step]
         log_step_time = mp["step"]["b"] + step_feats @ mp["step"]["w"][:n_step]
+        if self.lr_horizon:  # the gradient step only: the decay and D's weights keep lr_t
+            lr_t = lr_t * horizon_factor(state.num_steps, self.lr_horizon, self.lr_horizon_exponent)
         return StepScalars(beta_m, beta_v, corr_m, corr_v, loss_mean, lr_t, wd, lr_decay, weight, bias_step,
                            log_step_time)
 

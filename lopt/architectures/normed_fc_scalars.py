@@ -50,7 +50,7 @@ class StepScalars(NamedTuple):
     corr_m: jax.Array  # bias corrections of the momenta
     corr_v: jax.Array  # bias correction of the second moment
     loss_mean: jax.Array  # running mean of the loss before this step
-    lr_t: jax.Array  # this step's learning rate
+    lr_t: jax.Array  # this step's learning rate of the gradient step
     wd: jax.Array  # decoupled weight decay rate of this run
     lr_decay: jax.Array  # the learning rate the decay is scaled by
     weight: jax.Array | None  # the D estimate's weight of this step (None: fixed step size)
@@ -70,6 +70,14 @@ def rms(x: jax.Array) -> jax.Array:
 def rms_from_sum(total: jax.Array, n: int) -> jax.Array:
     """:func:`rms` of a tensor of ``n`` elements from the sum of its squares."""
     return jnp.sqrt(total / n + TINY_RMS)
+
+
+def horizon_factor(num_steps: jax.Array, horizon: int, exponent: float) -> jax.Array:
+    """``min(1, horizon / num_steps)**exponent``: 1 for runs planned for at most ``horizon`` steps (0: always 1)."""
+    if not horizon:
+        return jnp.ones((), jnp.float32)
+    factor = jnp.minimum(1.0, horizon / jnp.maximum(num_steps.astype(jnp.float32), 1.0))
+    return factor if exponent == 1.0 else factor**exponent
 
 
 # ------------------------------------------------------------ stored statistics (tensor_stats="previous")

@@ -32,3 +32,6 @@ save("wd3", wd_factor=3.0)
 save("wd03", wd_factor=0.3)
 save("lr05_wd141", dataclasses.replace(v13.arch, learning_rate=0.05), wd_factor=2 ** 0.5)  # same decay per step
 save("lr025_wd2", dataclasses.replace(v13.arch, learning_rate=0.025), wd_factor=2.0)
+# The second round (rule_lr_horizon.md): the gradient step of runs planned longer than 3,000 steps scaled down.
+save("lrh05", dataclasses.replace(v13.arch, lr_horizon=3000, lr_horizon_exponent=0.5))
+save("lrh1", dataclasses.replace(v13.arch, lr_horizon=3000, lr_horizon_exponent=1.0))
