@@ -24,6 +24,8 @@ CASES = {
     # Every meta-parameter away from its initial value (the output weights and step scale start at zero),
     # so each weight of the per-parameter network and of the step scale matters.
     "fresh normed_fc, 3 momenta, distance, perturbed": lambda: _perturbed(3, step_size="distance"),
+    # The 40-step runs below are past a 10-step horizon, so the step is scaled (as on long runs).
+    "fresh normed_fc, distance, lr_horizon, perturbed": lambda: _perturbed(6, step_size="distance", lr_horizon=10),
 }
 
 

@@ -27,6 +27,9 @@ CASES = {
         a := architectures.get("normed_fc"), a.init_meta_params(jax.random.PRNGKey(3)), {})),
     "fresh normed_fc (3 momenta, fixed step, decay on matrices)": lambda: lopt.TrainedOptimizer(
         a := architectures.get("normed_fc", decay_min_ndim=2), a.init_meta_params(jax.random.PRNGKey(1)), {}),
+    "lr_horizon 10 (the 40-step runs are past it), three passes": lambda: lopt.TrainedOptimizer(
+        a := architectures.get("normed_fc", step_size="distance", lr_horizon=10, decay_horizon=10),
+        a.init_meta_params(jax.random.PRNGKey(4)), {}),
     "hidden 8, 1 momentum, distance": lambda: lopt.TrainedOptimizer(
         a := architectures.get("normed_fc", hidden=8, momentum_decays=[0.8], step_size="distance"),
         a.init_meta_params(jax.random.PRNGKey(2)), {}),

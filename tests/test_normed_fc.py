@@ -296,3 +296,38 @@ def test_decay_horizon_keeps_short_runs_and_scales_the_decay_of_long_ones():
             architectures.get("normed_fc", decay_horizon=bad)
     with pytest.raises(OptimizerError, match="decay_horizon_exponent"):
         architectures.get("normed_fc", decay_horizon=10, decay_horizon_exponent=1.5)
+
+
+def test_lr_horizon_keeps_short_runs_and_scales_the_step_not_the_decay_of_long_ones():
+    """``lr_horizon=H``: runs of at most H steps are the same bit for bit; a longer run's gradient step is
+    ``(H / num_steps)**e`` of the unscaled one and its decay is unchanged."""
+    import dataclasses
+
+    base = lopt.pretrained("default_v13")
+    scaled = lopt.TrainedOptimizer(dataclasses.replace(base.arch, lr_horizon=3000), base.meta_params)
+    for n in (300, 3000):  # at and below the horizon: identical updates, every step
+        for a, b in zip(_decay_horizon_run(base, n, grads_at), _decay_horizon_run(scaled, n, grads_at)):
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                np.testing.assert_array_equal(x, y)
+    zero = lambda t: jax.tree.map(jnp.zeros_like, tiny_params())
+    for exponent, factor in ((0.5, 0.5), (1.0, 0.25)):  # 12,000 steps: (3000 / 12000)**e
+        opt = lopt.TrainedOptimizer(dataclasses.replace(scaled.arch, lr_horizon_exponent=exponent),
+                                    base.meta_params)
+        # With zero gradients the first update is the decay alone: the same as unscaled (up to the rounding
+        # of the centered network, which the step scale multiplies).
+        for a, b in zip(jax.tree.leaves(_decay_horizon_run(base, 12000, zero, 1)[0]),
+                        jax.tree.leaves(_decay_horizon_run(opt, 12000, zero, 1)[0])):
+            assert np.max(np.abs(a)) > 1e-9
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-12)
+        # With gradients, the first update minus the decay is the gradient step: scaled by the factor.
+        step = lambda o: jax.tree.map(lambda u, d: u - d, _decay_horizon_run(o, 12000, grads_at, 1)[0],  # noqa: E731
+                                      _decay_horizon_run(o, 12000, zero, 1)[0])
+        full, short = jax.tree.leaves(step(base)), jax.tree.leaves(step(opt))
+        assert max(float(np.max(np.abs(a))) for a in full) > 1e-6
+        for a, b in zip(full, short):
+            np.testing.assert_allclose(b, factor * a, rtol=2e-5, atol=1e-12)
+    for bad in (-1, 2.5, True, "3000"):
+        with pytest.raises(OptimizerError, match="lr_horizon"):
+            architectures.get("normed_fc", lr_horizon=bad)
+    with pytest.raises(OptimizerError, match="lr_horizon_exponent"):
+        architectures.get("normed_fc", lr_horizon=10, lr_horizon_exponent=-0.5)
