@@ -58,8 +58,8 @@ def _num_params(params: Any) -> int:
 def fused_update(kernel: str, arch: Any, params: Any) -> Callable | None:
     """The kernel update ``kernel`` picks for ``arch`` on ``params``, or None for the architecture's XLA update.
 
-    The returned function has the signature of ``arch.update`` with the meta-parameters first:
-    ``(arch, meta_params, state, grads, params, loss)``.
+    The returned function takes ``(arch, meta_params, state, grads, params, loss)`` and returns what
+    ``arch.update(meta_params, state, grads, params, loss)`` does: ``(updates, new_state)``.
     """
     if kernel == "pallas":
         from lopt.kernels import normed_fc_pallas

@@ -14,9 +14,12 @@ everything around the pass is :mod:`lopt.kernels.normed_fc_fused`.
 
 The kernel is written for Pallas's Triton backend (1-D blocks of a power of 2,
 masked loads and stores at a tensor's end, no atomics: the partial sums are
-added in a fixed order, so results do not depend on scheduling). On other
-platforms it runs under Pallas's interpreter, slowly: that is how the tests
-check it against the XLA implementation on CPU.
+added in a fixed order, so results do not depend on scheduling). Passing
+Triton's compiler parameters selects that backend: Pallas's default on GPUs
+is now Mosaic GPU, whose layout inference rejects the kernel's index vector.
+On other platforms it runs under Pallas's interpreter, slowly: that is how the
+tests check it against the XLA implementation on CPU, and they also lower it
+for CUDA through Triton there (which needs no GPU).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def _leaf_step(step: Step, i: int, consts: jax.Array):
         out_shape=out_shapes,
         input_output_aliases={3 + j: 1 + j for j in range(num_state)},
         interpret=interpreted(),
-        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),  # Triton, not Mosaic GPU: see the module docstring
+        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),  # selects Triton (module docstring)
         name="lopt_normed_fc_pallas_step",
     )(consts, *(flat(x) for x in arrays))
     u, new = outs[0].reshape(shape), [x.reshape(shape) for x in outs[1:-1]]
