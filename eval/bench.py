@@ -93,6 +93,9 @@ def check_names(models: tuple[str, ...], architectures: tuple[str, ...] | None) 
         if at and kernel not in KERNELS:
             raise EvalError(f"unknown implementation {kernel!r} in {a!r}; valid suffixes: "
                             f"{', '.join('@' + k for k in KERNELS)}")
+        if kernel == "pallas" and jax.default_backend() != "gpu":
+            raise EvalError(f"{a!r}: off a GPU the Pallas kernel runs under Pallas's interpreter, far too slow to "
+                            f"time (JAX's backend here is {jax.default_backend()!r}); bench it on a GPU")
 
 
 def machine_info() -> dict[str, Any]:

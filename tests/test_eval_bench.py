@@ -42,6 +42,10 @@ def test_bench_rejects_unknown_names(capsys):
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(["bench", "--only", "memory", "--architectures", "pretrained:nope"]) == 2
     assert "unknown architecture 'pretrained:nope'" in capsys.readouterr().err
+    assert main(["bench", "--only", "memory", "--architectures", "pretrained:default@gpu"]) == 2
+    assert "unknown implementation 'gpu'" in capsys.readouterr().err
+    assert main(["bench", "--only", "memory", "--architectures", "pretrained:default@pallas"]) == 2  # CPU here
+    assert "Pallas's interpreter" in capsys.readouterr().err
 
 
 def test_bench_large_part_reports_every_optimizer_against_adam_and_adamw(tmp_path):
