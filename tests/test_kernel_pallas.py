@@ -104,3 +104,11 @@ def test_the_kernel_lowers_for_gpus_through_triton(monkeypatch):
     module = exported(params, jax.eval_shape(tx.init, params), params).mlir_module()
     nonempty = sum(1 for p in jax.tree.leaves(params) if p.size)
     assert module.count(f"stablehlo.custom_call @{triton}") == nonempty
+
+
+def test_an_older_jax_without_the_triton_primitives_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(normed_fc_pallas, "plt", None)  # as on jax < 0.8
+    tx = lopt.pretrained("default").as_optax(10, kernel="pallas")
+    params = K.params()
+    with pytest.raises(OptimizerError, match=r"jax >= 0.8"):
+        tx.update(params, tx.init(params), params)

@@ -108,3 +108,16 @@ def test_build_is_cached_per_machine(monkeypatch, tmp_path):
     assert first.exists() and first.parent == tmp_path / "kernels"
     stamp = first.stat().st_mtime_ns
     assert build._build(normed_fc_cpu.NAME) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+
+
+def test_without_jax_ffi_auto_falls_back_and_cpu_says_why(monkeypatch):
+    """The package supports JAX older than its kernels (the XLA update): there, as without a compiler."""
+    monkeypatch.setattr(build, "_LOADED", {})
+    monkeypatch.delattr(jax, "ffi")
+    opt = lopt.pretrained("default")
+    large = {"w": jax.ShapeDtypeStruct((1024, 1024), jnp.float32)}
+    with pytest.warns(RuntimeWarning, match=r"jax.ffi \(jax >= 0.5\)"):
+        assert not _uses_kernel(opt.as_optax(10), large)
+    tx = opt.as_optax(10, kernel="cpu")
+    with pytest.raises(OptimizerError, match="jax.ffi"):
+        tx.update(K.params(), tx.init(K.params()), K.params())

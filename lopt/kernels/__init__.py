@@ -22,8 +22,12 @@
   backward pass dominate the step and the XLA program is as good), and the
   kernel builds on this machine (a C++ compiler; see :mod:`lopt.kernels.build`).
 
-The two implementations compute the same rule; they agree to float32 rounding,
-not bit for bit (tests/test_kernels.py). The kernels have no derivative: pass
+The kernels need a newer JAX than the package (``jax.ffi``: 0.5; Pallas's Triton
+load and store: 0.8). On an older one ``"auto"`` warns and keeps XLA, and an
+explicit choice is an :class:`~lopt.base.OptimizerError` naming the version.
+
+Every implementation computes the same rule; they agree to float32 rounding,
+not bit for bit (tests/test_kernels.py, tests/test_kernel_pallas.py). The kernels have no derivative: pass
 ``kernel="xla"`` to differentiate through the update itself. Meta-training's
 unrolls call the architecture's own update, so meta-gradients always go through
 the XLA code. The choice is made when the update is

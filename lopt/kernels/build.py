@@ -124,6 +124,8 @@ def load(name: str) -> None:
         return
     if name not in TARGETS:
         raise KernelUnavailable(f"unknown kernel {name!r}; known: {sorted(TARGETS)}")
+    if not hasattr(jax, "ffi"):  # the package itself supports older JAX through the XLA update
+        raise KernelUnavailable(f"it needs jax.ffi (jax >= 0.5); this is jax {jax.__version__}")
     path = _build(name)
     try:
         lib = ctypes.cdll.LoadLibrary(str(path))

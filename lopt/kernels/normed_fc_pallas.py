@@ -29,7 +29,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plt
+
+try:  # Pallas's Triton load/store with masks: jax >= 0.8 (the package supports older JAX through XLA)
+    from jax.experimental.pallas import triton as plt
+except ImportError:  # pragma: no cover - depends on the installed JAX
+    plt = None
 
 from lopt.architectures.normed_fc import NormedFC
 from lopt.base import OptState
@@ -43,6 +47,8 @@ SUMS = 8  # columns of the partial-sum rows: the five sums, padded to a power of
 
 def unsupported(arch: Any) -> str | None:
     """Why the Pallas kernel cannot run ``arch`` (None: it can)."""
+    if plt is None or not all(hasattr(plt, name) for name in ("load", "store", "CompilerParams")):
+        return f"the Pallas kernel needs Pallas's Triton load and store (jax >= 0.8); this is jax {jax.__version__}"
     if not isinstance(arch, NormedFC):
         return f"the Pallas kernel implements normed_fc only, not {getattr(arch, 'arch', type(arch).__name__)!r}"
     if arch.brakes:
