@@ -318,3 +318,17 @@ def test_decision_suites_share_no_task_configuration_with_the_reporting_suites()
         assert not shared, (name, shared)
     v8, wide = load_suite("default_decision_v8"), load_suite("default_decision_wide")
     assert v8.tasks[: len(wide.tasks)] == wide.tasks and len(v8.tasks) == len(wide.tasks) + 3
+
+
+def test_decision_suites_share_no_task_configuration_with_the_reporting_suites():
+    """What ships is decided on one set of tasks and reported on another (issue 14): no decision suite may
+    hold a reporting task's configuration (task and overrides), whatever its number of steps."""
+    def configs(name):
+        return {(t.task, tuple(sorted((k, repr(v)) for k, v in dict(t.overrides).items())))
+                for t in load_suite(name).tasks}
+
+    reporting = configs("held_out") | configs("realistic")
+    decision = [name for name in suite_names() if name.startswith("default_decision")]
+    assert {"default_decision_v8", "default_decision_long", "default_decision_long_v14"} <= set(decision)
+    for name in decision:
+        assert not configs(name) & reporting, name
