@@ -124,6 +124,10 @@ class NormedFC(LearnedOptimizer):
     # (lr_horizon / num_steps)**lr_horizon_exponent (0: never).
     lr_horizon: int = 0
     lr_horizon_exponent: float = 0.5
+    # Matrices and kernels (rank >= 2) scale their step by (rms(p) / relative_step_reference)**relative_step_exponent,
+    # inside the learned multiplier's bound (0: off): a step relative to the tensor's scale, as Adafactor's.
+    relative_step_exponent: float = 0.0
+    relative_step_reference: float = 0.125
     # Whose per-tensor statistics (rms(a), rms(p), rms(d)) the update uses: this step's ("current": three
     # dependent passes over every tensor) or the previous applied step's ("previous": one pass). See
     # lopt.architectures.normed_fc_scalars.
@@ -152,6 +156,9 @@ class NormedFC(LearnedOptimizer):
                 raise OptimizerError(f"normed_fc: {name} must be an integer >= 0, got {horizon!r}")
             if not 0.0 <= exponent <= 1.0:
                 raise OptimizerError(f"normed_fc: {name}_exponent must be in [0, 1], got {exponent}")
+        if not 0.0 <= self.relative_step_exponent <= 2.0 or not self.relative_step_reference > 0.0:
+            raise OptimizerError("normed_fc: relative_step_exponent must be in [0, 2] and relative_step_reference > 0, "
+                                 f"got {self.relative_step_exponent} and {self.relative_step_reference}")
         if self.tensor_stats not in TENSOR_STATS:
             raise OptimizerError(f"normed_fc: tensor_stats must be one of {TENSOR_STATS}, got {self.tensor_stats!r}")
 
@@ -330,8 +337,9 @@ class NormedFC(LearnedOptimizer):
         return StepScalars(beta_m, beta_v, corr_m, corr_v, loss_mean, lr_t, wd, lr_decay, weight, bias_step,
                            log_step_time)
 
-    def tensor_terms(self, meta_params, sc: StepScalars, rms_a: jax.Array, rms_p: jax.Array):
-        """One tensor's ``(bias1, log step multiplier, centering constant)`` from ``rms(a)`` and ``rms(p)``.
+    def tensor_terms(self, meta_params, sc: StepScalars, rms_a: jax.Array, rms_p: jax.Array, ndim: int):
+        """One rank-``ndim`` tensor's ``(bias1, log step multiplier, centering constant)`` from ``rms(a)``
+        and ``rms(p)``.
 
         The centering constant is the network's output with every per-parameter
         feature at zero (a scalar), subtracted so a parameter that gets no
@@ -341,7 +349,10 @@ class NormedFC(LearnedOptimizer):
         n_step = self.num_step_features
         tensor = jnp.stack([jnp.log(rms_a), jnp.log(jnp.maximum(rms_p, PARAM_RMS_FLOOR))])
         bias1 = sc.bias_step + tensor @ mp["layer1"]["w_tensor"][n_step:]
-        log_mult = bounded(sc.log_step_time + tensor @ mp["step"]["w"][n_step:])
+        log_mult = sc.log_step_time + tensor @ mp["step"]["w"][n_step:]
+        if self.relative_step_exponent and ndim >= 2:
+            log_mult = log_mult + self.relative_step_exponent * (tensor[1] - math.log(self.relative_step_reference))
+        log_mult = bounded(log_mult)
         h1_0 = jax.nn.relu(bias1)
         h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
         return bias1, log_mult, h2_0 @ mp["out"]
@@ -379,7 +390,7 @@ class NormedFC(LearnedOptimizer):
             feats = [g * rs, *(ms[i] * corr_m[i] * rs for i in range(k))]
             rms_p = rms(p)
             used_a, used_p = (stats[0], stats[1]) if lagged else (rms_a, rms_p)
-            bias1, log_mult, centre = self.tensor_terms(mp, sc, used_a, used_p)
+            bias1, log_mult, centre = self.tensor_terms(mp, sc, used_a, used_p, jnp.ndim(p))
             h1 = [jax.nn.relu(x) for x in ft.dense_elementwise(feats, w1, bias1)]
             h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
             net = sum(mp["out"][j] * x for j, x in enumerate(h2))

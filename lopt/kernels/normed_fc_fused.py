@@ -143,7 +143,7 @@ def one_pass(step: Step, leaf_step: LeafStep):
             terms.append(None)
             continue
         rms_a, rms_p, rms_d = step.stats[i][0], step.stats[i][1], step.stats[i][2]
-        bias1, log_mult, centre = arch.tensor_terms(mp, sc, rms_a, rms_p)
+        bias1, log_mult, centre = arch.tensor_terms(mp, sc, rms_a, rms_p, step.p[i].ndim)
         scale, decay, leaf_finite = arch.leaf_scales(sc, step.scales[i], log_mult, rms_a, rms_d, rms_p,
                                                      step.p[i].ndim)
         oks.append(leaf_finite)

@@ -35,3 +35,6 @@ save("lr025_wd2", dataclasses.replace(v13.arch, learning_rate=0.025), wd_factor=
 # The second round (rule_lr_horizon.md): the gradient step of runs planned longer than 3,000 steps scaled down.
 save("lrh05", dataclasses.replace(v13.arch, lr_horizon=3000, lr_horizon_exponent=0.5))
 save("lrh1", dataclasses.replace(v13.arch, lr_horizon=3000, lr_horizon_exponent=1.0))
+# The third round (rule_relative_step.md): each matrix's and kernel's step scaled by (rms(p) / 0.125)**k.
+save("rel05", dataclasses.replace(v13.arch, relative_step_exponent=0.5))
+save("rel1", dataclasses.replace(v13.arch, relative_step_exponent=1.0))
