@@ -26,6 +26,10 @@ CASES = {
     "fresh normed_fc, 3 momenta, distance, perturbed": lambda: _perturbed(3, step_size="distance"),
     # The 40-step runs below are past a 10-step horizon, so the step is scaled (as on long runs).
     "fresh normed_fc, distance, lr_horizon, perturbed": lambda: _perturbed(6, step_size="distance", lr_horizon=10),
+    "fresh normed_fc, distance, relative step, perturbed": lambda: _perturbed(7, step_size="distance",
+                                                                               relative_step_exponent=1.0),
+    "fresh normed_fc, relative step from the initial RMS, perturbed": lambda: _perturbed(
+        8, relative_step_exponent=0.5, relative_step_rms="initial"),
 }
 
 

@@ -333,3 +333,63 @@ def test_lr_horizon_keeps_short_runs_and_scales_the_step_not_the_decay_of_long_o
             architectures.get("normed_fc", lr_horizon=bad)
     with pytest.raises(OptimizerError, match="lr_horizon_exponent"):
         architectures.get("normed_fc", lr_horizon=10, lr_horizon_exponent=-0.5)
+
+
+def test_relative_step_scales_each_matrix_by_its_rms_inside_the_bound_and_nothing_else():
+    """``relative_step_exponent=k``: a rank >= 2 tensor's step is ``exp(bounded(k * log(rms(p) / ref)))`` times
+    the unscaled one (the learned multiplier is 0 on a fresh rule); biases and scalars are unchanged."""
+    import dataclasses
+
+    from lopt.architectures.normed_fc_scalars import STEP_HIGH, bounded
+
+    base_arch = architectures.get("normed_fc", weight_decay=1e-12)  # the decay is negligible: updates are steps
+    mp = base_arch.init_meta_params(jax.random.PRNGKey(0))
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    params = {"w": 0.3 * jax.random.normal(k1, (12, 7)), "conv": 0.02 * jax.random.normal(k2, (3, 3, 2, 4)),
+              "big": 3.0 * jax.random.normal(k3, (5, 6)), "b": jnp.full((7,), 0.5), "gain": jnp.ones(())}
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), params)
+
+    def first_update(arch):
+        tx = lopt.TrainedOptimizer(arch, mp).as_optax(100)
+        return tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))[0]
+
+    unscaled = first_update(base_arch)
+    for k in (0.5, 1.0, 2.0):
+        scaled = first_update(dataclasses.replace(base_arch, relative_step_exponent=k))
+        for name in ("b", "gain"):
+            np.testing.assert_array_equal(scaled[name], unscaled[name])
+        for name in ("w", "conv", "big"):
+            rms_p = float(jnp.sqrt(jnp.mean(jnp.square(params[name]))))
+            factor = float(jnp.exp(bounded(jnp.float32(k * np.log(rms_p / 0.125)))))
+            assert factor < np.exp(STEP_HIGH)
+            np.testing.assert_allclose(scaled[name], factor * unscaled[name], rtol=2e-5, atol=1e-12)
+        assert float(jnp.max(jnp.abs(scaled["conv"]))) < float(jnp.max(jnp.abs(unscaled["conv"])))  # rms 0.02
+        assert float(jnp.max(jnp.abs(scaled["big"]))) > float(jnp.max(jnp.abs(unscaled["big"])))  # rms 3
+    # "initial": the scale is each tensor's RMS when the state was made, whatever the parameters are now;
+    # a tensor initialized at zero keeps the unscaled step.
+    params["zero"] = jnp.zeros((4, 3))
+    grads["zero"] = jnp.sin(jnp.arange(12.0).reshape(4, 3))
+    doubled = jax.tree.map(lambda p: 2.0 * p, params)
+
+    def update_at(arch, now):
+        tx = lopt.TrainedOptimizer(arch, mp).as_optax(100)
+        return tx.update(grads, tx.init(params), now, value=jnp.float32(1.0))[0]
+
+    initial = dataclasses.replace(base_arch, relative_step_exponent=1.0, relative_step_rms="initial")
+    unscaled = update_at(base_arch, doubled)
+    for now in (params, doubled):
+        scaled = update_at(initial, now)
+        for name in ("w", "conv", "big"):
+            rms0 = float(jnp.sqrt(jnp.mean(jnp.square(params[name]))))
+            factor = float(jnp.exp(bounded(jnp.float32(np.log(rms0 / 0.125)))))
+            np.testing.assert_allclose(scaled[name], factor * update_at(base_arch, now)[name], rtol=2e-5, atol=1e-12)
+    for name in ("b", "gain", "zero"):
+        np.testing.assert_array_equal(scaled[name], unscaled[name])
+    assert float(jnp.max(jnp.abs(unscaled["zero"]))) > 0
+    with pytest.raises(OptimizerError, match="relative_step_rms"):
+        architectures.get("normed_fc", relative_step_rms="first")
+    for bad in (-0.1, 2.5):
+        with pytest.raises(OptimizerError, match="relative_step_exponent"):
+            architectures.get("normed_fc", relative_step_exponent=bad)
+    with pytest.raises(OptimizerError, match="relative_step_reference"):
+        architectures.get("normed_fc", relative_step_exponent=1.0, relative_step_reference=0.0)

@@ -47,6 +47,14 @@ here the step size is not something the per-parameter network can set freely:
   Runs of at most ``H`` steps are unchanged. Likewise ``lr_horizon`` scales the
   gradient step (not the decay) of longer runs: the best peak rate falls as
   the planned run grows (arXiv 2409.19913).
+* **Relative step** (opt-in, ``relative_step_exponent = k > 0``): each matrix's
+  and kernel's step is multiplied by ``(rms(p) / relative_step_reference)**k``
+  inside the learned multiplier's bound. Common initializations give a layer
+  with more inputs a smaller RMS, and its output moves more per element of
+  the update, so it wants smaller steps (muP's 1 / fan-in), read here from
+  the tensor itself rather than from a shape convention. ``relative_step_rms``
+  says whose RMS: the current one (a step that grows with the weights makes
+  them grow faster) or the one at initialization, fixed for the run.
 
 So a *fresh* ``normed_fc`` (output layer and step weights at zero) is AdamW
 with warm-up + cosine at ``learning_rate`` (1e-3 by default), update for
@@ -81,9 +89,9 @@ import jax.numpy as jnp
 
 from lopt import distance
 from lopt import features as ft
-from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, TENSOR_STATS, TINY_RMS,  # noqa: F401
-                                                   StepScalars, bounded, horizon_factor, initial_stats, next_distance,
-                                                   next_stats, rms)
+from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, RELATIVE_STEP_RMS,  # noqa: F401
+                                                   TENSOR_STATS, TINY_RMS, StepScalars, bounded, horizon_factor,
+                                                   initial_rms, initial_stats, next_distance, next_stats, rms)
 from lopt.base import LearnedOptimizer, OptimizerError, OptState
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +136,9 @@ class NormedFC(LearnedOptimizer):
     # inside the learned multiplier's bound (0: off): a step relative to the tensor's scale, as Adafactor's.
     relative_step_exponent: float = 0.0
     relative_step_reference: float = 0.125
+    # Whose RMS the relative step reads: the tensor's "current" one, or its "initial" one, fixed for the run (a
+    # tensor initialized at zero has none and keeps the unscaled step).
+    relative_step_rms: str = "current"
     # Whose per-tensor statistics (rms(a), rms(p), rms(d)) the update uses: this step's ("current": three
     # dependent passes over every tensor) or the previous applied step's ("previous": one pass). See
     # lopt.architectures.normed_fc_scalars.
@@ -159,6 +170,9 @@ class NormedFC(LearnedOptimizer):
         if not 0.0 <= self.relative_step_exponent <= 2.0 or not self.relative_step_reference > 0.0:
             raise OptimizerError("normed_fc: relative_step_exponent must be in [0, 2] and relative_step_reference > 0, "
                                  f"got {self.relative_step_exponent} and {self.relative_step_reference}")
+        if self.relative_step_rms not in RELATIVE_STEP_RMS:
+            raise OptimizerError(f"normed_fc: relative_step_rms must be one of {RELATIVE_STEP_RMS}, "
+                                 f"got {self.relative_step_rms!r}")
         if self.tensor_stats not in TENSOR_STATS:
             raise OptimizerError(f"normed_fc: tensor_stats must be one of {TENSOR_STATS}, got {self.tensor_stats!r}")
 
@@ -169,6 +183,11 @@ class NormedFC(LearnedOptimizer):
     @property
     def brakes(self) -> bool:
         return self.brake_rate > 0.0
+
+    @property
+    def reads_initial_rms(self) -> bool:
+        """Whether the state keeps each tensor's initial RMS (a relative step read from it)."""
+        return self.relative_step_exponent > 0.0 and self.relative_step_rms == "initial"
 
     @property
     def lagged(self) -> bool:
@@ -223,6 +242,8 @@ class NormedFC(LearnedOptimizer):
             inner["brake"] = jnp.zeros((), jnp.float32)
         if self.lagged:
             inner["stats"] = jax.tree.map(initial_stats, params)
+        if self.reads_initial_rms:
+            inner["rms0"] = jax.tree.map(initial_rms, params)
         return inner
 
     # ---------------------------------------------------------------- schedule
@@ -306,6 +327,8 @@ class NormedFC(LearnedOptimizer):
             kept["brake"] = jnp.where(ok, new_inner["brake"], inner["brake"])
         if self.lagged:
             kept["stats"] = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_inner["stats"], inner["stats"])
+        if self.reads_initial_rms:
+            kept["rms0"] = inner["rms0"]
         return kept
 
     # ---------------------------------------------------------------- the rule's scalars
@@ -337,9 +360,10 @@ class NormedFC(LearnedOptimizer):
         return StepScalars(beta_m, beta_v, corr_m, corr_v, loss_mean, lr_t, wd, lr_decay, weight, bias_step,
                            log_step_time)
 
-    def tensor_terms(self, meta_params, sc: StepScalars, rms_a: jax.Array, rms_p: jax.Array, ndim: int):
-        """One rank-``ndim`` tensor's ``(bias1, log step multiplier, centering constant)`` from ``rms(a)``
-        and ``rms(p)``.
+    def tensor_terms(self, meta_params, sc: StepScalars, rms_a: jax.Array, rms_p: jax.Array, ndim: int,
+                     rms0: jax.Array | None = None):
+        """One rank-``ndim`` tensor's ``(bias1, log step multiplier, centering constant)`` from ``rms(a)``,
+        ``rms(p)`` and, where the relative step reads it, the tensor's initial RMS ``rms0``.
 
         The centering constant is the network's output with every per-parameter
         feature at zero (a scalar), subtracted so a parameter that gets no
@@ -351,7 +375,12 @@ class NormedFC(LearnedOptimizer):
         bias1 = sc.bias_step + tensor @ mp["layer1"]["w_tensor"][n_step:]
         log_mult = sc.log_step_time + tensor @ mp["step"]["w"][n_step:]
         if self.relative_step_exponent and ndim >= 2:
-            log_mult = log_mult + self.relative_step_exponent * (tensor[1] - math.log(self.relative_step_reference))
+            if self.reads_initial_rms:  # 0 for a tensor initialized at zero: it keeps the unscaled step
+                relative = jnp.where(rms0 > 0, jnp.log(jnp.maximum(rms0, PARAM_RMS_FLOOR)), math.log(
+                    self.relative_step_reference))
+            else:
+                relative = tensor[1]
+            log_mult = log_mult + self.relative_step_exponent * (relative - math.log(self.relative_step_reference))
         log_mult = bounded(log_mult)
         h1_0 = jax.nn.relu(bias1)
         h2_0 = jax.nn.relu(h1_0 @ mp["layer2"]["w"] + mp["layer2"]["b"])
@@ -375,7 +404,7 @@ class NormedFC(LearnedOptimizer):
 
         lagged = self.lagged
 
-        def leaf(g, p, s, moved, acc, stats, v, *ms):
+        def leaf(g, p, s, moved, acc, stats, rms0, v, *ms):
             if self.brakes:  # the previous step's direction (bias corrections are global: cosines ignore them)
                 a_prev = ms[0] / (jnp.sqrt(v) + self.eps)
                 brake_terms = (jnp.sum(g * a_prev), jnp.sum(jnp.square(g)), jnp.sum(jnp.square(a_prev)))
@@ -390,7 +419,8 @@ class NormedFC(LearnedOptimizer):
             feats = [g * rs, *(ms[i] * corr_m[i] * rs for i in range(k))]
             rms_p = rms(p)
             used_a, used_p = (stats[0], stats[1]) if lagged else (rms_a, rms_p)
-            bias1, log_mult, centre = self.tensor_terms(mp, sc, used_a, used_p, jnp.ndim(p))
+            bias1, log_mult, centre = self.tensor_terms(mp, sc, used_a, used_p, jnp.ndim(p),
+                                                        rms0 if self.reads_initial_rms else None)
             h1 = [jax.nn.relu(x) for x in ft.dense_elementwise(feats, w1, bias1)]
             h2 = [jax.nn.relu(x) for x in ft.dense_elementwise(h1, mp["layer2"]["w"], mp["layer2"]["b"])]
             net = sum(mp["out"][j] * x for j, x in enumerate(h2))
@@ -413,11 +443,15 @@ class NormedFC(LearnedOptimizer):
         inner = state.inner
         moved, accs = (inner["moved"], inner["s"]) if adapts else (grads, grads)  # placeholders when not adapting
         stats = inner["stats"] if lagged else grads  # a placeholder when not lagged
-        out = ft.map_unzip(leaf, 11 + k, grads, params, state.scales, moved, accs, stats, inner["v"], *inner["m"])
+        rms0 = inner["rms0"] if self.reads_initial_rms else grads  # likewise
+        out = ft.map_unzip(leaf, 11 + k, grads, params, state.scales, moved, accs, stats, rms0, inner["v"],
+                           *inner["m"])
         updates, finite, dots, l1s, ga, gg, aa, moved, accs, stats, v, ms = *out[:11], tuple(out[11:])
         new_inner = {"m": ms, "v": v, "loss_mean": ft.ema(sc.loss_mean, loss, LOSS_DECAY)}
         if lagged:
             new_inner["stats"] = stats
+        if self.reads_initial_rms:
+            new_inner["rms0"] = inner["rms0"]
         oks = jax.tree.leaves(finite)
         if self.brakes:
             ga, gg, aa = (sum(jax.tree.leaves(t), jnp.zeros((), jnp.float32)) for t in (ga, gg, aa))

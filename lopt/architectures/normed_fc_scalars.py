@@ -37,6 +37,7 @@ from lopt import distance
 
 LOSS_DECAY = 0.95  # running mean of the loss used by the loss feature
 STEP_LOW, STEP_HIGH = math.log(0.01), math.log(10.0)  # bounds of the learned log step multiplier
+RELATIVE_STEP_RMS = ("current", "initial")  # whose RMS normed_fc's relative step reads
 PARAM_RMS_FLOOR = 1e-3  # log rms(p) feature uses max(rms(p), this)
 TINY_RMS = 1e-30  # added to mean squares before a division / log
 TENSOR_STATS = ("current", "previous")
@@ -81,6 +82,12 @@ def horizon_factor(num_steps: jax.Array, horizon: int, exponent: float) -> jax.A
 
 
 # ------------------------------------------------------------ stored statistics (tensor_stats="previous")
+def initial_rms(p: jax.Array) -> jax.Array:
+    """A tensor's RMS at initialization, exactly 0 for an all-zero or empty tensor (the relative step's scale)."""
+    x = jnp.asarray(p, jnp.float32)
+    return jnp.sqrt(jnp.mean(jnp.square(x))) if x.size else jnp.zeros((), jnp.float32)
+
+
 def initial_stats(p: jax.Array) -> jax.Array:
     """``[rms(a), rms(p), rms(d)]`` before the first step: 1, the initial parameters' RMS, 1."""
     rms_p = rms(jnp.asarray(p, jnp.float32)) if jnp.size(p) else jnp.ones((), jnp.float32)

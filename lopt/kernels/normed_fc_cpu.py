@@ -120,7 +120,7 @@ def _three_passes(step: Step):
             continue
         n = g.size
         rms_a, rms_p = rms_from_sum(stats[i][0], n), rms_from_sum(stats[i][1], n)
-        bias1, log_mult, centre = arch.tensor_terms(mp, sc, rms_a, rms_p, step.p[i].ndim)
+        bias1, log_mult, centre = arch.tensor_terms(mp, sc, rms_a, rms_p, step.p[i].ndim, step.rms0[i])
         sd = _call("lopt_normed_fc_dnorm", jax.ShapeDtypeStruct((1,), jnp.float32), g, step.v[i],
                    step.consts(bias1, centre), *(m[i] for m in step.m), k=k, h=h)
         rms_d = rms_from_sum(sd[0], n)

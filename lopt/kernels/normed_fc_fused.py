@@ -69,6 +69,7 @@ class Step:
         self.moved = flat(inner["moved"]) if self.adapts else none
         self.acc = flat(inner["s"]) if self.adapts else none
         self.stats = flat(inner["stats"]) if arch.lagged else none
+        self.rms0 = flat(inner["rms0"]) if arch.reads_initial_rms else none
         self.head = jnp.concatenate([sc.beta_m, sc.beta_v[None], sc.corr_m, sc.corr_v[None],
                                      jnp.asarray([arch.eps, ft.TINY, arch.distance_decay], jnp.float32),
                                      (sc.weight if self.adapts else jnp.zeros((), jnp.float32))[None],
@@ -102,6 +103,8 @@ class Step:
                              num=jnp.where(ok, num, inner["num"]))
         if stats is not None:
             new_inner["stats"] = unflat([jnp.where(ok, new, old) for new, old in zip(stats, self.stats)])
+        if self.arch.reads_initial_rms:
+            new_inner["rms0"] = inner["rms0"]
         updates = unflat([u.astype(jnp.asarray(p).dtype) for u, p in zip(u_out, self.p_orig)])
         return updates, state._replace(step=state.step + ok.astype(jnp.int32),
                                        skipped=state.skipped + (~ok).astype(jnp.int32), inner=new_inner)
@@ -143,7 +146,7 @@ def one_pass(step: Step, leaf_step: LeafStep):
             terms.append(None)
             continue
         rms_a, rms_p, rms_d = step.stats[i][0], step.stats[i][1], step.stats[i][2]
-        bias1, log_mult, centre = arch.tensor_terms(mp, sc, rms_a, rms_p, step.p[i].ndim)
+        bias1, log_mult, centre = arch.tensor_terms(mp, sc, rms_a, rms_p, step.p[i].ndim, step.rms0[i])
         scale, decay, leaf_finite = arch.leaf_scales(sc, step.scales[i], log_mult, rms_a, rms_d, rms_p,
                                                      step.p[i].ndim)
         oks.append(leaf_finite)

@@ -38,3 +38,6 @@ save("lrh1", dataclasses.replace(v13.arch, lr_horizon=3000, lr_horizon_exponent=
 # The third round (rule_relative_step.md): each matrix's and kernel's step scaled by (rms(p) / 0.125)**k.
 save("rel05", dataclasses.replace(v13.arch, relative_step_exponent=0.5))
 save("rel1", dataclasses.replace(v13.arch, relative_step_exponent=1.0))
+# The fourth round (rule_relative_step_initial.md): the same, from each tensor's RMS at initialization.
+save("rel05i", dataclasses.replace(v13.arch, relative_step_exponent=0.5, relative_step_rms="initial"))
+save("rel1i", dataclasses.replace(v13.arch, relative_step_exponent=1.0, relative_step_rms="initial"))
