@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     result = compare(args.task, args.steps, args.seeds)
     print(json.dumps(result, indent=1))
-    print(f"\n| optimizer | train loss (last 10%) | valid loss | valid per seed |\n|---|---|---|---|")
+    print("\n| optimizer | train loss (last 10%) | valid loss | valid per seed |\n|---|---|---|---|")
     for name, r in result["results"].items():
         seeds = ", ".join(f"{v:.3f}" for v in r["valid_loss_per_seed"])
         print(f"| {name} | {r['train_loss']:.3f} | {r['valid_loss']:.3f} | {seeds} |")

@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lopt.metatrain.config import ConfigError, load_config
+    from lopt.metatrain.config import ConfigError
     from lopt.metatrain.diagnose_report import write_all
     from lopt.metatrain.diagnose_options import DiagnoseOptions, parse_sweep
     from lopt.metatrain.diagnose_run import diagnose
@@ -151,7 +151,7 @@ def config_from_args(args: argparse.Namespace):
         return load_config(args.config, args.overrides), args.config or "defaults"
     if args.config is not None:
         raise ConfigError("give either --config or --recipe (with --stage), not both")
-    from lopt.metatrain.recipe import OPTIMIZER_FILE, load_recipe, stage_config
+    from lopt.metatrain.recipe import load_recipe, stage_config
 
     recipe = load_recipe(args.recipe)
     names = [st.name for st in recipe.stages]

@@ -115,7 +115,6 @@ def test_every_shipped_recipe_validates():
 
 def test_shipped_files_name_the_recipe_that_made_them():
     """A shipped optimizer's provenance is a committed recipe whose last stage is the config stored in the file."""
-    import dataclasses
     from pathlib import Path
 
     from lopt.metatrain.config import TrainConfig, from_dict, to_dict
