@@ -41,3 +41,5 @@ save("rel1", dataclasses.replace(v13.arch, relative_step_exponent=1.0))
 # The fourth round (rule_relative_step_initial.md): the same, from each tensor's RMS at initialization.
 save("rel05i", dataclasses.replace(v13.arch, relative_step_exponent=0.5, relative_step_rms="initial"))
 save("rel1i", dataclasses.replace(v13.arch, relative_step_exponent=1.0, relative_step_rms="initial"))
+# The fifth round (rule_relative_step_quarter.md): a quarter power of the initial RMS.
+save("rel025i", dataclasses.replace(v13.arch, relative_step_exponent=0.25, relative_step_rms="initial"))
