@@ -89,10 +89,11 @@ import jax.numpy as jnp
 
 from lopt import distance
 from lopt import features as ft
-from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, RELATIVE_STEP_RMS,  # noqa: F401
-                                                   TENSOR_STATS, TINY_RMS, StepScalars, bounded, horizon_factor,
-                                                   initial_rms, initial_stats, next_distance, next_stats, rms)
-from lopt.base import LearnedOptimizer, OptimizerError, OptState
+from lopt.architectures.normed_fc_checks import check_hyperparameters
+from lopt.architectures.normed_fc_scalars import (LOSS_DECAY, PARAM_RMS_FLOOR, TENSOR_STATS, TINY_RMS,  # noqa: F401
+                                                   StepScalars, bounded, horizon_factor, initial_rms, initial_stats,
+                                                   next_distance, next_stats, rms)
+from lopt.base import LearnedOptimizer, OptState
 
 @dataclasses.dataclass(frozen=True)
 class NormedFC(LearnedOptimizer):
@@ -145,36 +146,7 @@ class NormedFC(LearnedOptimizer):
     tensor_stats: str = "current"
 
     def __post_init__(self) -> None:
-        if not self.momentum_decays:
-            raise OptimizerError("normed_fc: momentum_decays needs at least one decay (the first is Adam's beta1)")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise OptimizerError(f"normed_fc: warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if not self.learning_rate > 0 or not self.weight_decay > 0:
-            raise OptimizerError("normed_fc: learning_rate and weight_decay must be > 0")
-        if self.step_size not in ("fixed", "distance"):
-            raise OptimizerError(f"normed_fc: step_size must be 'fixed' or 'distance', got {self.step_size!r}")
-        if not self.initial_distance > 0 or not 0.0 < self.distance_decay <= 1.0:
-            raise OptimizerError("normed_fc: initial_distance must be > 0 and distance_decay in (0, 1]")
-        if self.decay_min_ndim < 0:
-            raise OptimizerError(f"normed_fc: decay_min_ndim must be >= 0, got {self.decay_min_ndim}")
-        if not 0.0 <= self.distance_exponent <= 1.0:
-            raise OptimizerError(f"normed_fc: distance_exponent must be in [0, 1], got {self.distance_exponent}")
-        if not self.brake_rate >= 0.0 or not 0.0 < self.brake_floor <= 1.0:
-            raise OptimizerError("normed_fc: brake_rate must be >= 0 and brake_floor in (0, 1]")
-        for name in ("decay_horizon", "lr_horizon"):
-            horizon, exponent = getattr(self, name), getattr(self, f"{name}_exponent")
-            if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
-                raise OptimizerError(f"normed_fc: {name} must be an integer >= 0, got {horizon!r}")
-            if not 0.0 <= exponent <= 1.0:
-                raise OptimizerError(f"normed_fc: {name}_exponent must be in [0, 1], got {exponent}")
-        if not 0.0 <= self.relative_step_exponent <= 2.0 or not self.relative_step_reference > 0.0:
-            raise OptimizerError("normed_fc: relative_step_exponent must be in [0, 2] and relative_step_reference > 0, "
-                                 f"got {self.relative_step_exponent} and {self.relative_step_reference}")
-        if self.relative_step_rms not in RELATIVE_STEP_RMS:
-            raise OptimizerError(f"normed_fc: relative_step_rms must be one of {RELATIVE_STEP_RMS}, "
-                                 f"got {self.relative_step_rms!r}")
-        if self.tensor_stats not in TENSOR_STATS:
-            raise OptimizerError(f"normed_fc: tensor_stats must be one of {TENSOR_STATS}, got {self.tensor_stats!r}")
+        check_hyperparameters(self)
 
     @property
     def adapts_distance(self) -> bool:
