@@ -43,3 +43,6 @@ save("rel05i", dataclasses.replace(v13.arch, relative_step_exponent=0.5, relativ
 save("rel1i", dataclasses.replace(v13.arch, relative_step_exponent=1.0, relative_step_rms="initial"))
 # The fifth round (rule_relative_step_quarter.md): a quarter power of the initial RMS.
 save("rel025i", dataclasses.replace(v13.arch, relative_step_exponent=0.25, relative_step_rms="initial"))
+# Placebos (placebo.py, rule_calibrated.md): v13 with its arithmetic nudged at float32 rounding.
+save("placebo", dataclasses.replace(v13.arch, relative_step_exponent=1e-5, relative_step_rms="initial"))
+save("placebo2", dataclasses.replace(v13.arch, relative_step_exponent=3e-5, relative_step_rms="initial"))
