@@ -2,7 +2,7 @@
 
 The placebo is v13 with `relative_step_exponent: 1e-5` from the initial RMS: each matrix's step times
 `(rms(p_0) / 0.125)**1e-5`, a change of a few parts in a million, about float32 rounding; a second draw
-(`placebo2_*`) uses 3e-5 on four of the suites. Any ratio away from 1
+(`placebo2_*`) uses 3e-5 on five of the suites. Any ratio away from 1
 is how far a run's path moves when its arithmetic is nudged. For each suite it prints the score the rules
 use (geometric mean of placebo / v13 best valid; for long suites also final train), over seeds 1-4 and 3-4,
 the number of tasks that moved by more than 0.1%, and the largest move.
@@ -29,6 +29,11 @@ PAIRS = [  # (suite, placebo report, v13 report)
     ("default_decision_v17", "placebo2_decision_v17.json", "decision_v17_v13.json"),
     ("default_decision_long_v16", "placebo2_decision_long_v16.json", "decision_long_v16_v13.json"),
     ("default_decision_long_v17", "placebo2_decision_long_v17.json", "decision_long_v17_v13.json"),
+    # Round 6 (rule_calibrated.md) ran both placebos beside its candidate.
+    ("default_decision_v18", "placebo_decision_v18.json", "decision_v18_v13.json"),
+    ("default_decision_v18", "placebo2_decision_v18.json", "decision_v18_v13.json"),
+    ("default_decision_long_v18", "placebo_decision_long_v18.json", "decision_long_v18_v13.json"),
+    ("default_decision_long_v18", "placebo2_decision_long_v18.json", "decision_long_v18_v13.json"),
 ]
 
 
