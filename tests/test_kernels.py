@@ -35,18 +35,20 @@ CASES = {
     "hidden 8, 1 momentum, distance": lambda: lopt.TrainedOptimizer(
         a := architectures.get("normed_fc", hidden=8, momentum_decays=[0.8], step_size="distance"),
         a.init_meta_params(jax.random.PRNGKey(2)), {}),
-    "shipped default with a relative step (k 1), one pass": lambda: lopt.TrainedOptimizer(
-        dataclasses.replace((o := lopt.pretrained("default")).arch, relative_step_exponent=1.0), o.meta_params, {}),
-    "shipped default_v12 with a relative step (k 0.5), three passes": lambda: lopt.TrainedOptimizer(
-        dataclasses.replace((o := lopt.pretrained("default_v12")).arch, relative_step_exponent=0.5),
-        o.meta_params, {}),
-    "shipped default with a relative step from the initial RMS, one pass": lambda: lopt.TrainedOptimizer(
-        dataclasses.replace((o := lopt.pretrained("default")).arch, relative_step_exponent=0.5,
-                            relative_step_rms="initial"), o.meta_params, {}),
-    "shipped default_v12 with a relative step from the initial RMS, three passes": lambda: lopt.TrainedOptimizer(
-        dataclasses.replace((o := lopt.pretrained("default_v12")).arch, relative_step_exponent=1.0,
-                            relative_step_rms="initial"), o.meta_params, {}),
+    "shipped default with a relative step (k 1), one pass": lambda: _shipped("default", relative_step_exponent=1.0),
+    "shipped default_v12 with a relative step (k 0.5), three passes": lambda: _shipped(
+        "default_v12", relative_step_exponent=0.5),
+    "shipped default with a relative step from the initial RMS, one pass": lambda: _shipped(
+        "default", relative_step_exponent=0.5, relative_step_rms="initial"),
+    "shipped default_v12 with a relative step from the initial RMS, three passes": lambda: _shipped(
+        "default_v12", relative_step_exponent=1.0, relative_step_rms="initial"),
 }
+
+
+def _shipped(name, **hyper):
+    """A shipped optimizer's tensors with some of its architecture's hyperparameters replaced."""
+    opt = lopt.pretrained(name)
+    return lopt.TrainedOptimizer(dataclasses.replace(opt.arch, **hyper), opt.meta_params, {})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -349,13 +349,14 @@ def test_relative_step_scales_each_matrix_by_its_rms_inside_the_bound_and_nothin
               "big": 3.0 * jax.random.normal(k3, (5, 6)), "b": jnp.full((7,), 0.5), "gain": jnp.ones(())}
     grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), params)
 
-    def first_update(arch):
+    def update_at(arch, now):
+        """The first update of a state made from ``params``, taken at the parameters ``now``."""
         tx = lopt.TrainedOptimizer(arch, mp).as_optax(100)
-        return tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))[0]
+        return tx.update(grads, tx.init(params), now, value=jnp.float32(1.0))[0]
 
-    unscaled = first_update(base_arch)
+    unscaled = update_at(base_arch, params)
     for k in (0.5, 1.0, 2.0):
-        scaled = first_update(dataclasses.replace(base_arch, relative_step_exponent=k))
+        scaled = update_at(dataclasses.replace(base_arch, relative_step_exponent=k), params)
         for name in ("b", "gain"):
             np.testing.assert_array_equal(scaled[name], unscaled[name])
         for name in ("w", "conv", "big"):
@@ -370,11 +371,6 @@ def test_relative_step_scales_each_matrix_by_its_rms_inside_the_bound_and_nothin
     params["zero"] = jnp.zeros((4, 3))
     grads["zero"] = jnp.sin(jnp.arange(12.0).reshape(4, 3))
     doubled = jax.tree.map(lambda p: 2.0 * p, params)
-
-    def update_at(arch, now):
-        tx = lopt.TrainedOptimizer(arch, mp).as_optax(100)
-        return tx.update(grads, tx.init(params), now, value=jnp.float32(1.0))[0]
-
     initial = dataclasses.replace(base_arch, relative_step_exponent=1.0, relative_step_rms="initial")
     unscaled = update_at(base_arch, doubled)
     for now in (params, doubled):

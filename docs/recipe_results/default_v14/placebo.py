@@ -12,11 +12,14 @@ the number of tasks that moved by more than 0.1%, and the largest move.
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "default_v12"))
+from compare import best_valid, final_train, learned  # noqa: E402  (the rules' own per-task scores)
 PAIRS = [  # (suite, placebo report, v13 report)
     ("default_decision_v8", "placebo_decision4.json", "decision4_v13.json"),
     ("default_decision_v15", "placebo_decision_v15.json", "decision_v15_v13.json"),
@@ -35,19 +38,6 @@ PAIRS = [  # (suite, placebo report, v13 report)
     ("default_decision_long_v18", "placebo_decision_long_v18.json", "decision_long_v18_v13.json"),
     ("default_decision_long_v18", "placebo2_decision_long_v18.json", "decision_long_v18_v13.json"),
 ]
-
-
-def learned(task):
-    (name,) = task["optimizers"]
-    return task["optimizers"][name]
-
-
-def best_valid(opt, seeds):
-    return float(np.min(np.mean(np.asarray(opt["curve"]["valid_loss"])[seeds], axis=0)))
-
-
-def final_train(opt, seeds):
-    return float(np.mean(np.asarray(opt["final_train_loss_per_seed"])[seeds]))
 
 
 def scores(placebo, base, metric, seeds):
