@@ -203,7 +203,7 @@ def build_meta_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     if not callable(factory) or cfg.name.startswith("_"):
         raise ConfigError(f"meta_opt.name: {cfg.name!r} is not an optax optimizer (e.g. adam, adamw, sgd, lion)")
     try:
-        opt = factory(learning_rate=build_schedule(cfg, config.num_outer_steps), **cfg.kwargs)
+        opt = factory(learning_rate=build_schedule(cfg, cfg.schedule_steps or config.num_outer_steps), **cfg.kwargs)
     except TypeError as err:
         raise ConfigError(f"meta_opt: optax.{cfg.name} rejected its arguments: {err}") from None
     if not isinstance(opt, optax.GradientTransformation):

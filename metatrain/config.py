@@ -113,6 +113,9 @@ class MetaOptConfig:
     warmup_steps: int = 50
     final_lr_fraction: float = 0.1
     grad_clip: float = 1.0  # global-norm clip of the meta-gradient; 0 = off
+    # The horizon the schedule is planned for (0: num_outer_steps). Set it above num_outer_steps to stop a run
+    # early on its planned schedule: the result is then the planned run's checkpoint at num_outer_steps.
+    schedule_steps: int = 0
     kwargs: dict = dataclasses.field(default_factory=dict)  # extra optax arguments (b1, weight_decay, ...)
 
 
@@ -367,7 +370,8 @@ def check(config: TrainConfig) -> None:
     if m.learning_rate <= 0:
         raise ConfigError(f"meta_opt.learning_rate: must be > 0, got {m.learning_rate}")
     for key, value in (("meta_opt.grad_clip", m.grad_clip), ("meta_opt.final_lr_fraction", m.final_lr_fraction),
-                       ("meta_opt.warmup_steps", m.warmup_steps), ("validation.every", config.validation.every)):
+                       ("meta_opt.warmup_steps", m.warmup_steps), ("meta_opt.schedule_steps", m.schedule_steps),
+                       ("validation.every", config.validation.every)):
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     _check_arch(config.optimizer)

@@ -190,6 +190,7 @@ CASES = [
     ("truncation_too_long", _override("unroll.truncation_length=50"), 2, r"unroll\.truncation_length: 50 is longer"),
     ("lr_negative", _override("meta_opt.learning_rate=-1e-3"), 2, r"meta_opt\.learning_rate: must be > 0"),
     ("steps_zero", _override("num_outer_steps=0"), 2, r"num_outer_steps: must be >= 1"),
+    ("schedule_steps_negative", _override("meta_opt.schedule_steps=-5"), 2, r"meta_opt\.schedule_steps: must be >= 0"),
     ("seed_string", _override("seed=abc"), 2, r"seed: expected an integer"),
     ("steps_fraction", _override("num_outer_steps=2.5"), 2, r"num_outer_steps: expected an integer"),
     ("lr_not_a_number", _override("meta_opt.learning_rate=1e-3x"), 2, r"meta_opt\.learning_rate: expected a number"),

@@ -178,3 +178,18 @@ def test_a_resumed_warm_start_does_not_need_its_init_file(setup, tmp_path):
     assert _leaves_equal(again.meta_params, first.meta_params)
     with pytest.raises(ConfigError, match="optimizer.init_from: cannot read"):
         train(warm, tmp_path / "fresh_run", progress=False, engine=warm_engine)
+
+
+def test_a_run_cut_short_on_its_planned_schedule_is_the_planned_runs_checkpoint(setup):
+    """``meta_opt.schedule_steps`` keeps the meta-learning-rate schedule of a longer run; without it the shorter
+    run anneals sooner and ends elsewhere."""
+    base, cfg_path, config, engine, reference = setup
+    cut = STEPS // 2
+    planned = jax.device_get(engine.run(engine.init_state(), 0, cut)["meta_params"])
+    short = load_config(cfg_path, [f"num_outer_steps={cut}", f"meta_opt.schedule_steps={STEPS}"])
+    short_engine = Engine(short)
+    got = jax.device_get(short_engine.run(short_engine.init_state(), 0, cut)["meta_params"])
+    assert _leaves_equal(got, planned)
+    annealed = Engine(load_config(cfg_path, [f"num_outer_steps={cut}"]))
+    other = jax.device_get(annealed.run(annealed.init_state(), 0, cut)["meta_params"])
+    assert not _leaves_equal(other, planned)
