@@ -18,6 +18,7 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "default_v12"))
 from compare import best_valid, final_train, learned  # noqa: E402  (the rules' own per-task scores)
+from placebo import scores  # noqa: E402  (per-task ratios of a report against v13's, as the placebo table reads them)
 
 SHORT = ["decision4", "decision_v15", "decision_v16", "decision_v17", "decision_v18"]
 LONG = ["decision_long_v14", "decision_long_v16", "decision_long_v17", "decision_long_v18"]
@@ -29,8 +30,7 @@ METRICS = {"valid 1-4": (best_valid, [0, 1, 2, 3]), "valid 3-4": (best_valid, [2
 def log_ratios(report, base):
     """Per task and metric, log(X / v13)."""
     assert [t["label"] for t in report["tasks"]] == [t["label"] for t in base["tasks"]]
-    return {m: [math.log(f(learned(a), s) / f(learned(b), s)) for a, b in zip(report["tasks"], base["tasks"])]
-            for m, (f, s) in METRICS.items()}
+    return {m: [math.log(r) for r in scores(report, base, f, s)[1]] for m, (f, s) in METRICS.items()}
 
 
 def table(suites, prefix):
